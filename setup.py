@@ -1,0 +1,46 @@
+"""
+sprites-twisted: reach services inside Fly.io Sprites from Twisted.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "sprites_twisted" / "__init__.py").read_text(), re.M
+).group(1)
+
+setup(
+    name="sprites-twisted",
+    version=VERSION,
+    description="Tunnel TCP into Fly.io Sprites, natively on Twisted",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    # twisted.plugins has no __init__.py (Twisted's rule for third-party
+    # plugins): list it explicitly so that the plugin modules get installed.
+    packages=find_packages(include=["sprites_twisted", "sprites_twisted.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["sprites_twisted_*.py"]},
+    install_requires=[
+        "Twisted[tls]>=24.7.0",
+        "autobahn>=24.4.2",
+        "zope.interface>=6.0",
+        "service-identity>=24.1.0",
+        "pyOpenSSL>=24.0.0",
+        "idna>=3.6",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6.100", "cryptography>=42"],
+        "dev": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0.5"],
+        "docs": ["sphinx>=7.2", "repoze.sphinx.autointerface>=1.0"],
+        "bench": ["matplotlib>=3.8"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: Proxy Servers",
+    ],
+)

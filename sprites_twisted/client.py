@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The Deferred entry points: L{SpritesClient} and L{Sprite}.
+
+These are the Go SDK's ``ProxyPort``, ``ProxyPorts`` and ``ProxySocket``,
+returning Deferreds.  Nothing here raises for bad input once constructed:
+every error arrives as a failed Deferred naming the bad value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
+
+from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL
+from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
+from sprites_twisted.errors import AddressError, MappingError
+from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
+from sprites_twisted.mapping import PortMapping, parseAddress
+from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, ProxySession
+
+__all__ = ["SpritesClient", "Sprite"]
+
+
+class SpritesClient:
+    """
+    Access to the sprites of one account.
+
+    :param reactor: provides C{IReactorTCP} and C{IReactorTime}.
+    :param token: the API token.  It is sent only in the ``Authorization``
+        header of tunnel requests, and never logged or shown in a repr.
+    :param baseURL: the API base URL.  A plain-text (``http``/``ws``) URL
+        is refused unless it points at a loopback address or
+        C{allowInsecure} is set.
+    :param handshakeTimeout: seconds a tunnel may take to answer
+        ``connected``.
+    :param trustRoot: CA certificates for TLS (a PEM file path or an
+        C{IOpenSSLTrustRoot}); the system trust store by default.
+    :param transportEndpoint: connect to the API through this endpoint
+        (tests, or a custom transport).
+    :raises ConfigurationError: for a missing/invalid token or a bad URL.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        token: str,
+        baseURL: str = "https://api.sprites.dev",
+        *,
+        handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        lingerTimeout: float = DEFAULT_LINGER_TIMEOUT,
+        drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
+        interface: str = DEFAULT_INTERFACE,
+        trustRoot: Any = None,
+        allowInsecure: bool = False,
+        transportEndpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._token = checkToken(token)
+        self.baseURL = baseURL.rstrip("/")
+        parseAPIURL(self.baseURL, allowInsecure=allowInsecure)
+        self.handshakeTimeout = handshakeTimeout
+        self.lingerTimeout = lingerTimeout
+        self.drainTimeout = drainTimeout
+        self.interface = interface
+        self._trustRoot = trustRoot
+        self._allowInsecure = allowInsecure
+        self._transportEndpoint = transportEndpoint
+
+    def __repr__(self) -> str:
+        return f"<SpritesClient {self.baseURL}>"
+
+    def sprite(self, spriteName: str) -> Sprite:
+        """
+        A handle on one sprite.
+        """
+        return Sprite(self, checkSpriteName(spriteName))
+
+    def endpoint(
+        self, spriteName: str, remotePort: int, remoteHost: str = ""
+    ) -> SpriteProxyEndpoint:
+        """
+        An C{IStreamClientEndpoint} to C{remoteHost}:C{remotePort} in the
+        sprite.
+
+        :raises SpritesError: for a bad name, port or host.
+        """
+        return SpriteProxyEndpoint(
+            self._reactor,
+            spriteName,
+            remotePort,
+            remoteHost or "localhost",
+            token=self._token,
+            apiURL=self.baseURL,
+            transportEndpoint=self._transportEndpoint,
+            timeout=self.handshakeTimeout,
+            trustRoot=self._trustRoot,
+            allowInsecure=self._allowInsecure,
+        )
+
+    def session(
+        self, spriteName: str, mapping: PortMapping, *, interface: str | None = None
+    ) -> ProxySession:
+        """
+        A L{ProxySession} for C{mapping}, not yet listening (add it to a
+        L{ProxyManager} or call its C{listen}).
+        """
+        if not isinstance(mapping, PortMapping):
+            raise MappingError(mapping, "expected a PortMapping")
+        return ProxySession(
+            self._reactor,
+            spriteName,
+            mapping,
+            self.endpoint(spriteName, mapping.remotePort, mapping.remoteHost),
+            interface=interface or self.interface,
+            drainTimeout=self.drainTimeout,
+            lingerTimeout=self.lingerTimeout,
+        )
+
+    def proxyPort(
+        self,
+        spriteName: str,
+        localPort: int,
+        remotePort: int,
+        remoteHost: str = "",
+        *,
+        interface: str | None = None,
+    ) -> Deferred[ProxySession]:
+        """
+        Forward C{localPort} (0 for any free port) to C{remotePort} in the
+        sprite.  Fires with the listening session.
+        """
+        try:
+            mapping = PortMapping(localPort, remotePort, remoteHost)
+        except BaseException:
+            return defer.fail()
+        d = self.proxyPorts(spriteName, [mapping], interface=interface)
+        return d.addCallback(lambda sessions: sessions[0])
+
+    def proxyPorts(
+        self,
+        spriteName: str,
+        mappings: Sequence[PortMapping],
+        *,
+        interface: str | None = None,
+    ) -> Deferred[list[ProxySession]]:
+        """
+        Forward several ports at once; all or nothing.
+
+        Fires with the sessions in input order.  If any listener cannot be
+        made, the sessions already made are closed and the Deferred fails
+        with that error (C{CannotListenError} names the address).
+        Cancelling it closes whatever it made.
+        """
+        try:
+            mappings = list(mappings)
+            seen: set[int] = set()
+            for mapping in mappings:
+                if not isinstance(mapping, PortMapping):
+                    raise MappingError(mapping, "expected a PortMapping")
+                if mapping.localPort and mapping.localPort in seen:
+                    raise MappingError(
+                        mapping.localPort, f"local port {mapping.localPort} is mapped twice"
+                    )
+                seen.add(mapping.localPort)
+            sessions = [
+                self.session(spriteName, mapping, interface=interface) for mapping in mappings
+            ]
+        except BaseException:
+            return defer.fail()
+
+        current: list[Deferred[Any]] = []
+
+        def closeAll() -> Deferred[Any]:
+            return DeferredList([s.close(drainTimeout=0) for s in sessions], consumeErrors=True)
+
+        def cancel(d: Deferred[Any]) -> None:
+            for pending in current:
+                pending.cancel()
+            closeAll()
+
+        result: Deferred[list[ProxySession]] = Deferred(cancel)
+
+        def failed(failure: Failure) -> None:
+            def report(_: Any) -> None:
+                if not result.called:
+                    result.errback(failure)
+
+            closeAll().addCallback(report)
+
+        def step(index: int) -> None:
+            if result.called:
+                return
+            if index == len(sessions):
+                result.callback(list(sessions))
+                return
+            d = sessions[index].listen()
+            current[:] = [d]
+            d.addCallbacks(lambda _: step(index + 1), failed)
+
+        step(0)
+        return result
+
+    def proxySocket(
+        self,
+        network: str,
+        spriteName: str,
+        address: str,
+        protocolFactory: IProtocolFactory,
+    ) -> Deferred[IProtocol]:
+        """
+        One tunnel to C{address} (``host:port``, ``[v6]:port``, empty host
+        for localhost) in the sprite, connected to a protocol from
+        C{protocolFactory}.  Only C{network="tcp"} is supported.
+        """
+        try:
+            if network != "tcp":
+                raise AddressError(network, "unsupported network; only 'tcp' is supported")
+            host, port = parseAddress(address)
+            endpoint = self.endpoint(spriteName, port, host)
+        except BaseException:
+            return defer.fail()
+        return endpoint.connect(protocolFactory)
+
+
+class Sprite:
+    """
+    One sprite of a L{SpritesClient}: the same calls without the name.
+    """
+
+    def __init__(self, client: SpritesClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Sprite {self.name!r} via {self.client.baseURL}>"
+
+    def proxyPort(
+        self, localPort: int, remotePort: int, remoteHost: str = "", **kw: Any
+    ) -> Deferred[ProxySession]:
+        """
+        See L{SpritesClient.proxyPort}.
+        """
+        return self.client.proxyPort(self.name, localPort, remotePort, remoteHost, **kw)
+
+    def proxyPorts(self, mappings: Sequence[PortMapping], **kw: Any) -> Deferred[list[ProxySession]]:
+        """
+        See L{SpritesClient.proxyPorts}.
+        """
+        return self.client.proxyPorts(self.name, mappings, **kw)
+
+    def proxySocket(
+        self, network: str, address: str, protocolFactory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        """
+        See L{SpritesClient.proxySocket}.
+        """
+        return self.client.proxySocket(network, self.name, address, protocolFactory)
+
+    def endpoint(self, remotePort: int, remoteHost: str = "") -> SpriteProxyEndpoint:
+        """
+        See L{SpritesClient.endpoint}.
+        """
+        return self.client.endpoint(self.name, remotePort, remoteHost)

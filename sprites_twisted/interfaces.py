@@ -1,0 +1,45 @@
+# -*- test-case-name: tests.test_session -*-
+"""
+Interfaces of sprites_twisted.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IProxySession"]
+
+
+class IProxySession(Interface):
+    """
+    A forwarded port: one local listener whose connections are tunnelled
+    to a port inside a sprite (the Go SDK's ``ProxySession``).
+    """
+
+    spriteName = Attribute("The sprite's name (str).")
+    localPort = Attribute(
+        "The local port (int): the bound port once listening (useful when 0 "
+        "was asked for), else the port asked for."
+    )
+    remotePort = Attribute("The port inside the sprite (int).")
+    remoteHost = Attribute("The host inside the sprite (str); '' means localhost.")
+
+    def close():  # type: ignore[misc]
+        """
+        Stop listening, let open connections drain, then close them.
+
+        Idempotent: every call returns a new Deferred that fires (with
+        C{None}) once the session is fully closed.
+        """
+
+    def wait():  # type: ignore[misc]
+        """
+        A new Deferred per call that fires (with C{None}) when the session is
+        closed; at once if it already is.
+        """
+
+    def localAddr():  # type: ignore[misc]
+        """
+        The listening address (an C{IAddress}), or C{None} when the session
+        is not listening.
+        """

@@ -1,0 +1,350 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The byte pipe between a TCP stream and a WebSocket, shared by the tunnel
+(client) and the local sprite server.
+
+The design is Twisted's ``portforward``: two L{Pipe} protocols, each
+writing what it receives to the other's transport, each transport
+registered as a streaming producer of the other.  A full socket buffer on
+either side therefore pauses reading on the other side, which is what keeps
+memory flat however much data flows.
+
+The WebSocket side is made to look like an ordinary stream transport by
+L{WebSocketStreamTransport}, so that the same L{Pipe} works on both ends and
+on both the client and the server.  L{StreamingWebSocketMixin} is mixed
+into our Autobahn protocols: it hands binary frame data to the pipe as it
+arrives (no reassembly of whole messages, no size limit on a stream) and
+collects text messages (the handshake) up to a small limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = [
+    "quietAutobahnLogger",
+    "SpriteAddress",
+    "Pipe",
+    "splice",
+    "WebSocketStreamTransport",
+    "StreamingWebSocketMixin",
+    "MAX_SEND_CHUNK",
+]
+
+#: Writes larger than this are sent as several WebSocket messages, so that
+#: no single frame exceeds what a server is willing to take.
+MAX_SEND_CHUNK = 256 * 1024
+
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+def quietAutobahnLogger() -> Any:
+    """
+    A txaio logger for our Autobahn subclasses, pinned at ``info``.
+
+    Autobahn logs the whole HTTP upgrade, ``Authorization`` header
+    included, at ``debug``.  Pinning the level (``keep=True``) means that
+    raising txaio's global level for debugging never prints the token.
+    """
+    logger = txaio.make_logger()
+    logger.set_log_level("info", keep=True)
+    return logger
+
+
+@implementer(IAddress)
+@dataclass(frozen=True)
+class SpriteAddress:
+    """
+    The far end of a tunnel: C{host}:C{port} inside sprite C{spriteName}.
+    """
+
+    spriteName: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.spriteName} {host}:{self.port}"
+
+
+class Pipe(Protocol):
+    """
+    One end of a two-way byte pipe: what it receives is written to its
+    peer's transport; when it loses its connection, the peer's transport is
+    closed (after flushing what was written to it).
+
+    :ivar peer: the other end, set by L{splice}.
+    :ivar bytesIn: bytes received on this end (and written to the peer).
+    """
+
+    peer: Pipe | None = None
+    bytesIn = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            try:
+                peer.transport.unregisterProducer()
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+            peer.transport.loseConnection()
+
+
+def splice(a: Pipe, b: Pipe) -> None:
+    """
+    Join two connected L{Pipe}s: make each the other's peer and register
+    each transport as a streaming producer of the other (two-way flow
+    control), then resume both.
+
+    Both transports must provide C{IConsumer} and C{IPushProducer}.
+    """
+    a.peer = b
+    b.peer = a
+    assert a.transport is not None and b.transport is not None
+    a.transport.registerProducer(b.transport, True)
+    b.transport.registerProducer(a.transport, True)
+
+
+class StreamingWebSocketMixin:
+    """
+    Mixed into an Autobahn WebSocket protocol (before it in the bases).
+
+    Binary frame data goes to L{binaryReceived} as it arrives, without
+    reassembling messages.  Text messages are collected up to
+    C{maxTextSize} bytes and passed whole to L{textReceived}; a larger text
+    message fails the connection (close code 1009).
+    """
+
+    maxTextSize = 64 * 1024
+    _msgBinary = False
+    _textParts: list[bytes]
+    _textSize = 0
+    # Set by Autobahn; declared for type checkers.
+    failedByMe: bool
+    maxFramePayloadSize: int
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._msgBinary = isBinary
+        self._textParts = []
+        self._textSize = 0
+        self.message_data_total_length = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        if 0 < self.maxFramePayloadSize < length and not self.failedByMe:
+            self._max_message_size_exceeded(  # type: ignore[attr-defined]
+                length,
+                self.maxFramePayloadSize,
+                f"received a frame of {length} bytes, over the limit of "
+                f"{self.maxFramePayloadSize}",
+            )
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self.failedByMe:
+            return
+        if self._msgBinary:
+            self.binaryReceived(payload)
+            return
+        self._textSize += len(payload)
+        if self._textSize > self.maxTextSize:
+            self._max_message_size_exceeded(  # type: ignore[attr-defined]
+                self._textSize,
+                self.maxTextSize,
+                f"received a text message over the limit of {self.maxTextSize} bytes",
+            )
+            self._textParts = []
+            return
+        self._textParts.append(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        if not self._msgBinary and not self.failedByMe:
+            parts, self._textParts = self._textParts, []
+            self.textReceived(b"".join(parts))
+
+    def binaryReceived(self, data: bytes) -> None:
+        """
+        Binary payload arrived (any part of any binary message).
+        """
+
+    def textReceived(self, payload: bytes) -> None:
+        """
+        A whole text message arrived.
+        """
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class WebSocketStreamTransport:
+    """
+    A stream transport over an open Autobahn WebSocket: C{write} sends
+    binary messages, C{loseConnection} sends a close (1000) after what was
+    written, producer calls go to the TCP transport underneath.
+
+    The Autobahn protocol calls L{deliver} with received binary data and
+    L{deliverConnectionLost} when its TCP connection is gone.
+
+    Autobahn's own close timers run on the global reactor; we disable them
+    and use C{clock} instead: C{closeTimeout} seconds after a close is sent
+    or received, the TCP connection is closed (flushing), and aborted if it
+    is still there C{10 * closeTimeout} later.
+    """
+
+    disconnecting = False
+
+    def __init__(
+        self,
+        ws: Any,
+        host: IAddress,
+        peer: IAddress,
+        clock: IReactorTime,
+        closeTimeout: float = 1.0,
+    ) -> None:
+        self._ws = ws
+        self._host = host
+        self._peer = peer
+        self._clock = clock
+        self._closeTimeout = closeTimeout
+        self._protocol: Protocol | None = None
+        self._timers: list[IDelayedCall] = []
+        self.bytesWritten = 0
+
+    def attach(self, protocol: Protocol) -> None:
+        """
+        Connect C{protocol} to this transport (calls its C{makeConnection}).
+        """
+        self._protocol = protocol
+        protocol.makeConnection(self)
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        ws = self._ws
+        if self.disconnecting or ws.state != _OPEN or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        self.bytesWritten += len(data)
+        if len(data) <= MAX_SEND_CHUNK:
+            ws.sendMessage(data, isBinary=True)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), MAX_SEND_CHUNK):
+            ws.sendMessage(bytes(view[start : start + MAX_SEND_CHUNK]), isBinary=True)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if self.disconnecting:
+            return
+        self.disconnecting = True
+        if self._ws.state == _OPEN:
+            self._ws.sendClose(code=1000)
+        self.closeStarted()
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        if self._ws.state != _CLOSED:
+            self._ws.dropConnection(abort=True)
+
+    def getPeer(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return self._host
+
+    # IConsumer
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.unregisterProducer()
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        transport = self._ws.transport
+        if transport is not None and self._ws.state != _CLOSED:
+            transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # Called by the WebSocket protocol
+
+    def deliver(self, data: bytes) -> None:
+        """
+        Binary payload from the WebSocket: hand it to the protocol.
+        """
+        if self._protocol is not None:
+            self._protocol.dataReceived(data)
+
+    def closeStarted(self) -> None:
+        """
+        A close frame was sent or received: make sure the TCP connection
+        goes away soon even if the peer does not finish the close handshake.
+        """
+        if self._timers or self._ws.state == _CLOSED:
+            return
+        transport = self._ws.transport
+        self._timers = [
+            self._clock.callLater(self._closeTimeout, self._closeTCP, False),
+            self._clock.callLater(10 * self._closeTimeout, self._closeTCP, True),
+        ]
+        del transport
+
+    def _closeTCP(self, abort: bool) -> None:
+        transport = self._ws.transport
+        if transport is None:
+            return
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+
+    def deliverConnectionLost(self, reason: Failure) -> None:
+        """
+        The TCP connection under the WebSocket is gone: cancel timers and
+        tell the protocol, with C{reason} (always a Failure).
+        """
+        self.disconnecting = True
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers = []
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)

@@ -1,0 +1,524 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The local sprite server: the Sprites proxy API, served on this machine.
+
+It speaks the same contract as the real API (``PROTOCOL.md``):
+``GET /v1/sprites/{name}/proxy`` upgraded to a WebSocket with a bearer
+token, the JSON handshake, then raw bytes relayed to a TCP target on this
+machine.  It powers the demo and the tests and lets users develop offline;
+it is product code, exposed to whoever can reach it, so it refuses anything
+malformed without crashing and never becomes an open relay:
+
+- the token is compared in constant time; 401 otherwise;
+- any other path (``/control`` included) is 404, as are sprite names
+  outside C{sprites} when that set is given;
+- targets must be loopback unless an allow list says otherwise;
+- the init must arrive within C{initTimeout}, be a small JSON object with a
+  valid host and port, and come before any binary data;
+- at most C{maxTunnels} tunnels at once (429 with ``Retry-After`` beyond);
+- frames over C{maxFramePayloadSize} close the tunnel (1009).
+
+Routing, auth and the JSON error bodies are a C{twisted.web} resource;
+the upgrade itself is handed to Autobahn's C{WebSocketResource}.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from sprites_twisted.relay import (
+    Pipe,
+    SpriteAddress,
+    StreamingWebSocketMixin,
+    WebSocketStreamTransport,
+    quietAutobahnLogger,
+    splice,
+)
+from sprites_twisted.wire import MAX_INIT_SIZE, InitError, encodeReply, formatTarget, parseInit
+
+__all__ = [
+    "LocalSpriteServer",
+    "TargetPolicy",
+    "ProxyServerProtocol",
+    "ProxyServerFactory",
+    "parseProxyPath",
+    "DEFAULT_MAX_TUNNELS",
+]
+
+DEFAULT_MAX_TUNNELS = 10000
+DEFAULT_INIT_TIMEOUT = 10.0
+DEFAULT_MAX_FRAME = 1024 * 1024
+#: Binary data a client may send after its init, before the target is
+#: connected (a well-behaved client sends none).
+MAX_EARLY_DATA = 1024 * 1024
+
+_AWAITING_INIT, _CONNECTING, _RELAYING, _CLOSED = range(4)
+_NORMAL_CLOSE_CODES = (None, 1000, 1001, 1005)
+
+
+def parseProxyPath(path: bytes) -> str | None:
+    """
+    The sprite name in ``/v1/sprites/{name}/proxy``, or C{None} for any
+    other path.
+    """
+    segments = path.split(b"/")
+    if len(segments) != 5 or segments[:3] != [b"", b"v1", b"sprites"] or segments[4] != b"proxy":
+        return None
+    if not segments[3]:
+        return None
+    try:
+        return unquote(segments[3].decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+class TargetPolicy:
+    """
+    Which targets the server may connect to.
+
+    Loopback (``localhost``, 127.0.0.0/8, ``::1``) always; beyond that only
+    what C{allow} lists: host names (exact, case-insensitive), IP addresses
+    or networks (``10.0.0.0/8``).  Host names are matched as given, never
+    resolved, so a name cannot smuggle in another address.
+    """
+
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        self.names: set[str] = set()
+        self.networks: list[Any] = []
+        for entry in allow:
+            entry = entry.strip()
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            except ValueError:
+                self.names.add(entry.lower().rstrip("."))
+
+    def allows(self, host: str) -> bool:
+        """
+        May the server connect to C{host}?
+        """
+        lowered = host.lower().rstrip(".")
+        if lowered == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(lowered)
+        except ValueError:
+            return lowered in self.names
+        if address.is_loopback:
+            return True
+        return any(address in network for network in self.networks)
+
+
+def defaultTargetEndpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """
+    The endpoint for a target: ``localhost`` is 127.0.0.1 (the sprite's
+    loopback is this machine's); IP literals connect directly; other (allow
+    listed) names are resolved.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=10)
+    if address.version == 4:
+        return TCP4ClientEndpoint(reactor, host, port, timeout=10)
+    return TCP6ClientEndpoint(reactor, host, port, timeout=10)
+
+
+class _TargetPipe(Pipe):
+    """
+    The target's end of a tunnel's pipe.
+    """
+
+    def __init__(self, tunnel: ProxyServerProtocol) -> None:
+        self.tunnel = tunnel
+
+
+class _TargetFactory(Factory):
+    noisy = False
+
+    def __init__(self, tunnel: ProxyServerProtocol) -> None:
+        self.tunnel = tunnel
+
+    def buildProtocol(self, addr: Any) -> _TargetPipe:
+        return _TargetPipe(self.tunnel)
+
+
+class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    One tunnel on the server: wait for the init, connect to the target,
+    reply, relay.
+    """
+
+    log = quietAutobahnLogger()
+    _log = Logger()
+    maxTextSize = MAX_INIT_SIZE
+    factory: ProxyServerFactory
+    spriteName = ""
+    _state = _AWAITING_INIT
+    _initTimer: IDelayedCall | None = None
+    _connecting: Deferred[Any] | None = None
+    _stream: WebSocketStreamTransport | None = None
+    _wsPipe: Pipe | None = None
+    _target: _TargetPipe | None = None
+    _targetName = "?"
+    _started = 0.0
+
+    def onOpen(self) -> None:
+        server = self.factory.server
+        self._started = server.reactor.seconds()
+        self._initTimer = server.reactor.callLater(server.initTimeout, self._initTimedOut)
+
+    def _initTimedOut(self) -> None:
+        self._initTimer = None
+        self._refuse(f"no init message within {self.factory.server.initTimeout:g} s")
+
+    def _cancelInitTimer(self) -> None:
+        if self._initTimer is not None and self._initTimer.active():
+            self._initTimer.cancel()
+        self._initTimer = None
+
+    def _refuse(self, message: str) -> None:
+        """
+        Answer the handshake with an error status and close.
+        """
+        self._cancelInitTimer()
+        self._log.warn(
+            "refused tunnel to {sprite}: {reason}",
+            sprite=self.spriteName,
+            reason=message,
+        )
+        self._state = _CLOSED
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(encodeReply("error", message=message), isBinary=False)
+            self.sendClose(code=1000, reason=message[:100])
+        self._armDrop()
+
+    def _armDrop(self) -> None:
+        if self._dropTimer is None and self.transport is not None:
+            self._dropTimer = self.factory.server.reactor.callLater(
+                self.factory.server.closeTimeout, self._drop
+            )
+
+    _dropTimer: IDelayedCall | None = None
+
+    def _drop(self) -> None:
+        self._dropTimer = None
+        self.dropConnection(abort=True)
+
+    def textReceived(self, payload: bytes) -> None:
+        if self._state != _AWAITING_INIT:
+            return
+        self._cancelInitTimer()
+        try:
+            init = parseInit(payload)
+        except InitError as e:
+            self._refuse(str(e))
+            return
+        server = self.factory.server
+        self._targetName = formatTarget(init.host, init.port)
+        if not server.policy.allows(init.host):
+            self._refuse(f"target {self._targetName} is not allowed by this server")
+            return
+        self._state = _CONNECTING
+        self._early: list[bytes] = []
+        self._earlySize = 0
+        try:
+            endpoint = server.targetEndpoint(server.reactor, init.host, init.port)
+            self._connecting = endpoint.connect(_TargetFactory(self))
+        except Exception as e:  # noqa: BLE001 - reported to the client
+            self._refuse(f"cannot connect to {self._targetName}: {e}")
+            return
+        self._connecting.addCallbacks(self._targetConnected, self._targetFailed)
+        self._connecting.addErrback(
+            lambda f: self._log.failure("Unexpected error relaying a tunnel", f)
+        )
+
+    def _targetConnected(self, target: _TargetPipe) -> None:
+        self._connecting = None
+        if self._state != _CONNECTING or self.state != self.STATE_OPEN:
+            assert target.transport is not None
+            target.transport.loseConnection()
+            return
+        self._state = _RELAYING
+        self._target = target
+        self.sendMessage(
+            encodeReply("connected", target=self._targetName), isBinary=False
+        )
+        server = self.factory.server
+        stream = WebSocketStreamTransport(
+            self,
+            self.transport.getHost(),
+            SpriteAddress(self.spriteName, *self._targetName.rsplit(":", 1)),  # type: ignore[arg-type]
+            server.reactor,
+            server.closeTimeout,
+        )
+        self._stream = stream
+        wsPipe = Pipe()
+        self._wsPipe = wsPipe
+        stream.attach(wsPipe)
+        splice(wsPipe, target)
+        early, self._early = self._early, []
+        for chunk in early:
+            stream.deliver(chunk)
+
+    def _targetFailed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self._state != _CONNECTING:
+            return
+        self._refuse(f"cannot connect to {self._targetName}: {failure.getErrorMessage()}")
+
+    def binaryReceived(self, data: bytes) -> None:
+        state = self._state
+        if state == _RELAYING:
+            stream = self._stream
+            if stream is not None:
+                stream.deliver(data)
+        elif state == _CONNECTING:
+            self._earlySize += len(data)
+            if self._earlySize > MAX_EARLY_DATA:
+                self._refuse("too much data before the tunnel was connected")
+                return
+            self._early.append(data)
+        elif state == _AWAITING_INIT:
+            self._refuse("binary message before the init message")
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
+        result = super().onCloseFrame(code, reasonRaw)
+        if self._stream is not None:
+            self._stream.closeStarted()
+        return result
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancelInitTimer()
+        if self._dropTimer is not None and self._dropTimer.active():
+            self._dropTimer.cancel()
+        self._dropTimer = None
+        state, self._state = self._state, _CLOSED
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        server = self.factory.server
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if wasClean and code in _NORMAL_CLOSE_CODES:
+                lost = Failure(ConnectionDone())
+            else:
+                lost = Failure(ConnectionLost(f"tunnel closed (code {code})"))
+            stream.deliverConnectionLost(lost)
+        if state == _RELAYING:
+            wsPipe, target = self._wsPipe, self._target
+            self._log.info(
+                "tunnel {sprite} -> {target} ended: {toTarget} bytes to the target, "
+                "{fromTarget} bytes from it, {duration:.3f} s",
+                sprite=self.spriteName,
+                target=self._targetName,
+                toTarget=wsPipe.bytesIn if wsPipe is not None else 0,
+                fromTarget=target.bytesIn if target is not None else 0,
+                duration=server.reactor.seconds() - self._started,
+            )
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.server.tunnelEnded(self)
+
+
+class ProxyServerFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """
+    Autobahn server factory for the tunnels of one L{LocalSpriteServer}.
+    Autobahn's timers (global reactor) are off; ours use the server's
+    reactor.
+    """
+
+    protocol = ProxyServerProtocol
+
+    def __init__(self, server: LocalSpriteServer) -> None:
+        super().__init__(reactor=server.reactor)
+        self.server = server
+        self.setProtocolOptions(
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            maxFramePayloadSize=server.maxFramePayloadSize,
+            perMessageCompressionAccept=lambda offers: None,
+            tcpNoDelay=True,
+        )
+
+
+class _NamedProtocolFactory:
+    """
+    What C{WebSocketResource} calls to build the protocol: sets the sprite
+    name the resource already parsed and counts the tunnel.
+    """
+
+    def __init__(self, factory: ProxyServerFactory, spriteName: str) -> None:
+        self._factory = factory
+        self._spriteName = spriteName
+
+    def buildProtocol(self, addr: Any) -> ProxyServerProtocol:
+        proto: ProxyServerProtocol = self._factory.buildProtocol(addr)
+        proto.spriteName = self._spriteName
+        self._factory.server.tunnelStarted(proto)
+        return proto
+
+
+class _APIResource(Resource):
+    """
+    Routes every request: the proxy endpoint (after auth) goes to the
+    WebSocket upgrade; everything else gets a JSON error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, server: LocalSpriteServer) -> None:
+        super().__init__()
+        self.server = server
+
+    def render(self, request: Any) -> Any:
+        server = self.server
+        name = parseProxyPath(request.path)
+        if name is None:
+            return self._error(request, 404, "not_found", "no such endpoint")
+        if not server.checkAuthorization(request.getHeader(b"authorization")):
+            request.setHeader(b"www-authenticate", b'Bearer realm="sprites"')
+            return self._error(request, 401, "unauthorized", "missing or invalid bearer token")
+        if not server.allowsSprite(name):
+            return self._error(request, 404, "sprite_not_found", f"no sprite named {name!r}")
+        if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
+            return self._error(request, 400, "bad_request", "expected a WebSocket upgrade")
+        if len(server.tunnels) >= server.maxTunnels:
+            request.setHeader(b"retry-after", b"1")
+            return self._error(
+                request,
+                429,
+                "rate_limited",
+                f"too many open tunnels (limit {server.maxTunnels})",
+                retry_after_seconds=1,
+            )
+        # Twisted Web registered the HTTP channel as the producer of the
+        # connection and armed its idle timeout; the WebSocket takes the
+        # connection over, so undo both first.
+        channel = request.channel
+        channel.setTimeout(None)
+        if channel.transport is not None:
+            channel.transport.unregisterProducer()
+        return WebSocketResource(_NamedProtocolFactory(server.wsFactory, name)).render(request)
+
+    @staticmethod
+    def _error(request: Any, status: int, code: str, message: str, **extra: Any) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        body = {"error": code, "message": message}
+        body.update(extra)
+        return json.dumps(body).encode()
+
+
+class LocalSpriteServer:
+    """
+    The local sprite server's configuration and state.
+
+    :param reactor: provides C{IReactorTCP} and C{IReactorTime}.
+    :param token: the bearer token clients must present.
+    :param sprites: if given, the only sprite names served (404 otherwise).
+    :param allow: extra targets beyond loopback (see L{TargetPolicy}).
+    :param maxTunnels: concurrent tunnels before answering 429.
+    :param initTimeout: seconds a tunnel may take to send its init.
+    :param maxFramePayloadSize: the largest frame accepted from a client.
+    :param targetEndpoint: C{(reactor, host, port) -> IStreamClientEndpoint}
+        (tests substitute their own).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        token: str,
+        *,
+        sprites: Iterable[str] | None = None,
+        allow: Iterable[str] = (),
+        maxTunnels: int = DEFAULT_MAX_TUNNELS,
+        initTimeout: float = DEFAULT_INIT_TIMEOUT,
+        maxFramePayloadSize: int = DEFAULT_MAX_FRAME,
+        closeTimeout: float = 1.0,
+        targetEndpoint: Callable[[Any, str, int], IStreamClientEndpoint] = defaultTargetEndpoint,
+    ) -> None:
+        if not token:
+            raise ValueError("the local sprite server needs a token")
+        self.reactor = reactor
+        self._token = token.encode("utf-8")
+        self.sprites = frozenset(sprites) if sprites is not None else None
+        self.policy = TargetPolicy(allow)
+        self.maxTunnels = maxTunnels
+        self.initTimeout = initTimeout
+        self.maxFramePayloadSize = maxFramePayloadSize
+        self.closeTimeout = closeTimeout
+        self.targetEndpoint = targetEndpoint
+        self.tunnels: set[ProxyServerProtocol] = set()
+        self.wsFactory = ProxyServerFactory(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalSpriteServer {len(self.tunnels)} tunnels>"
+
+    def checkAuthorization(self, header: bytes | None) -> bool:
+        """
+        Is C{header} ``Bearer <our token>``?  Constant-time comparison.
+        """
+        if not header:
+            return False
+        scheme, _, credentials = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credentials.strip(), self._token)
+
+    def allowsSprite(self, name: str) -> bool:
+        """
+        Does this server serve sprite C{name}?
+        """
+        return self.sprites is None or name in self.sprites
+
+    def tunnelStarted(self, proto: ProxyServerProtocol) -> None:
+        self.tunnels.add(proto)
+
+    def tunnelEnded(self, proto: ProxyServerProtocol) -> None:
+        self.tunnels.discard(proto)
+
+    def resource(self) -> Resource:
+        """
+        The C{twisted.web} resource serving the API.
+        """
+        return _APIResource(self)
+
+    def site(self) -> Site:
+        """
+        A C{Site} serving the API, for any stream server endpoint
+        (``tcp:8900:interface=127.0.0.1``, ``ssl:...``).
+        """
+        site = Site(self.resource(), reactor=self.reactor)
+        site.displayTracebacks = False
+        return site
