@@ -248,14 +248,13 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         self._earlySize = 0
         try:
             endpoint = server.targetEndpoint(server.reactor, init.host, init.port)
-            self._connecting = endpoint.connect(_TargetFactory(self))
+            d = endpoint.connect(_TargetFactory(self))
         except Exception as e:  # noqa: BLE001 - reported to the client
             self._refuse(f"cannot connect to {self._targetName}: {e}")
             return
-        self._connecting.addCallbacks(self._targetConnected, self._targetFailed)
-        self._connecting.addErrback(
-            lambda f: self._log.failure("Unexpected error relaying a tunnel", f)
-        )
+        self._connecting = d
+        d.addCallbacks(self._targetConnected, self._targetFailed)
+        d.addErrback(lambda f: self._log.failure("Unexpected error relaying a tunnel", f))
 
     def _targetConnected(self, target: _TargetPipe) -> None:
         self._connecting = None
