@@ -140,16 +140,108 @@ def refusalError(status: int, headers: dict[str, str], body: bytes) -> UpgradeRe
 
 
 def _isTLSError(reason: Failure | None) -> bool:
+    """
+    Did the connection end because TLS failed?  A bad chain arrives as
+    pyOpenSSL's C{Error}; a certificate for another host name as
+    service_identity's C{VerificationError} (Twisted checks the name in its
+    verify callback).
+    """
     if reason is None:
         return False
     try:
         from OpenSSL.SSL import Error as SSLError
+        from service_identity import CertificateError, VerificationError
     except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
         return False
-    return reason.check(SSLError) is not None
+    return reason.check(SSLError, VerificationError, CertificateError) is not None
 
 
-def _tlsReason(reason: Failure) -> str:
+#: OpenSSL verify results meaning "this chain does not end at a CA we trust".
+_UNTRUSTED_CODES = frozenset({2, 18, 19, 20, 21})
+
+
+def _certificateNames(certificate: Any) -> str:
+    """
+    The DNS names and IP addresses a certificate is valid for, for messages.
+    """
+    from cryptography import x509
+
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return "no names"
+    names = [*san.value.get_values_for_type(x509.DNSName)]
+    names += [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)]
+    return ", ".join(names[:5]) or "no names"
+
+
+def _chainProblem(transport: Any) -> str | None:
+    """
+    Why the peer's certificate chain fails verification, re-checked against
+    the trust store the connection used: OpenSSL itself only says
+    "certificate verify failed", which does not tell an expired certificate
+    from an untrusted CA.  C{None} when the chain is fine or unknown.
+    """
+    try:
+        from OpenSSL.crypto import X509StoreContext, X509StoreContextError
+
+        handle = transport.getHandle()
+        chain = handle.get_peer_cert_chain()
+        if not chain:
+            return None
+        store = handle.get_context().get_cert_store()
+        leaf = chain[0]
+        try:
+            X509StoreContext(store, leaf, chain[1:]).verify_certificate()
+        except X509StoreContextError as e:
+            errors = e.errors if isinstance(getattr(e, "errors", None), list) else []
+            code = errors[0] if errors else None
+            text = str(errors[2]) if len(errors) > 2 else str(e)
+            certificate = leaf.to_cryptography()
+            if code == 10:
+                when = certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+                return f"{text} (on {when})"
+            if code == 9:
+                when = certificate.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+                return f"{text} (valid from {when} on)"
+            if code in _UNTRUSTED_CODES:
+                return (
+                    f"{text}: issuer {certificate.issuer.rfc4514_string()!r} is not a "
+                    "trusted CA (for a private CA pass trustRoot= / --ca-file)"
+                )
+            return str(text)
+    except Exception:  # noqa: BLE001 - diagnosis only; the caller falls back
+        return None
+    return None
+
+
+def _tlsReason(reason: Failure, transport: Any = None, host: str = "") -> str:
+    """
+    Why TLS verification of C{host} failed, in words a user can act on:
+    expired, not yet valid, untrusted issuer, or issued for other names.
+    """
+    problems = []
+    if transport is not None:
+        chainProblem = _chainProblem(transport)
+        if chainProblem:
+            problems.append(chainProblem)
+    from service_identity import CertificateError, VerificationError
+
+    if reason.check(VerificationError, CertificateError):
+        names = None
+        try:
+            # After a failed handshake only the chain is kept, not the peer.
+            chain = transport.getHandle().get_peer_cert_chain()
+            if chain:
+                names = _certificateNames(chain[0].to_cryptography())
+        except Exception:  # noqa: BLE001 - diagnosis only
+            names = None
+        text = f"the certificate is not valid for the host name {host}"
+        if names:
+            text += f" (it is for {names})"
+        problems.append(text)
+    if problems:
+        return "; ".join(problems)
     value = reason.value
     args = getattr(value, "args", ())
     # pyOpenSSL: Error([(lib, func, reason), ...])
@@ -335,6 +427,11 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         result = super().onCloseFrame(code, reasonRaw)
         if self._stream is not None:
             self._stream.closeStarted()
+        elif self._state == _AWAITING:
+            # No reply can come after a close: fail now rather than wait
+            # for the server to drop the connection.
+            reason = reasonRaw.decode("utf-8", "replace") if reasonRaw else None
+            self._fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
         return result
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
@@ -369,7 +466,9 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         lost = self._lostReason
         if _isTLSError(lost):
             assert lost is not None
-            return Failure(TLSVerificationError(self.attempt.apiHost, _tlsReason(lost)))
+            host = self.attempt.apiHost
+            reason = _tlsReason(lost, self.transport, host)
+            return Failure(TLSVerificationError(host, reason))
         if state == _UPGRADING:
             why = getattr(self, "wasNotCleanReason", None) or (
                 lost.getErrorMessage() if lost is not None else None
