@@ -37,16 +37,17 @@ class ProxyManager(MultiService):
         :raises MappingError: when another session already uses the same
             local interface and (non-zero) port.
         """
-        port = session.mapping.localPort
+        port = session.localPort
+        interface = getattr(session, "interface", None)
         if port:
             for other in self.sessions:
                 if (
-                    other.mapping.localPort == port
-                    and other.interface == session.interface
+                    other.localPort == port
+                    and getattr(other, "interface", None) == interface
                     and other is not session
                 ):
                     raise MappingError(
-                        port, f"local port {port} on {session.interface} is already forwarded"
+                        port, f"local port {port} on {interface} is already forwarded"
                     )
         self.addService(session)  # type: ignore[arg-type]
 

@@ -140,21 +140,27 @@ class ProxySession(Service):
             server = TCP4ServerEndpoint(
                 self._reactor, self.mapping.localPort, interface=self.interface
             )
-        self._listening = server.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._listenFailed)
-        return self._chainListening()
+        listening = server.listen(self.factory)
+        self._listening = listening
+        listening.addCallbacks(self._listened, self._listenFailed)
+        return self._chainListening(listening)
 
-    def _chainListening(self) -> Deferred[ProxySession]:
+    def _chainListening(self, listening: Deferred[Any] | None = None) -> Deferred[ProxySession]:
+        """
+        A new Deferred for the outcome of the (shared) listen attempt.
+        """
         d: Deferred[ProxySession] = Deferred()
 
-        def done(result: Any) -> None:
+        def done(result: Any) -> Any:
             if isinstance(result, Failure):
                 d.errback(result)
-            else:
-                d.callback(self)
+                return None
+            d.callback(self)
+            return result
 
-        assert self._listening is not None
-        self._listening.addBoth(lambda r: (done(r), r)[1])
+        listening = listening if listening is not None else self._listening
+        assert listening is not None
+        listening.addBoth(done)
         return d
 
     def _listened(self, port: IListeningPort) -> IListeningPort:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -154,10 +155,11 @@ class MemorySprite:
 
 
 @implementer(IProxySession)
-class FakeProxySession:
+class FakeProxySession(Service):
     """
-    An C{IProxySession} that listens nowhere, for testing code that manages
-    sessions.  L{close} fires every L{wait}.
+    An C{IProxySession} (and C{IService}, so it fits in a
+    L{sprites_twisted.manager.ProxyManager}) that listens nowhere, for
+    testing code that manages sessions.  L{close} fires every L{wait}.
     """
 
     def __init__(
@@ -186,6 +188,10 @@ class FakeProxySession:
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         return d
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.close()
 
     def localAddr(self) -> IAddress | None:
         if self.closed:

@@ -1,0 +1,442 @@
+"""
+Tests for L{sprites_twisted.session}, L{sprites_twisted.manager} and the
+Deferred API of L{sprites_twisted.client}, on a C{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from sprites_twisted import IProxySession, PortMapping, ProxyManager, ProxySession, SpritesClient
+from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
+from sprites_twisted.testing import TEST_TOKEN, FakeProxySession, MemorySprite
+
+
+class RecordingPort:
+    """
+    A listening port that remembers whether it was stopped.
+    """
+
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+        self.disconnected = False
+
+    def stopListening(self) -> None:
+        self.disconnected = True
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+
+class FailingListenReactor(MemoryReactorClock):
+    """
+    A memory reactor whose ports record C{stopListening}, and on which
+    listening on the C{busy} ports fails.
+    """
+
+    def __init__(self, busy: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__()
+        self.busy = busy
+        self.ports: list[RecordingPort] = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        recording = RecordingPort(IPv4Address("TCP", interface, port or 43210))
+        self.ports.append(recording)
+        return recording
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class SessionTests(SynchronousTestCase):
+    """
+    L{ProxySession}: one listener, closeable, waitable.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FailingListenReactor()
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+
+    def test_interfaces(self) -> None:
+        """
+        A session provides IProxySession and IService; the fake passes
+        verifyObject too.
+        """
+        session = self.client.session("demo", PortMapping(8080, 80))
+        self.assertTrue(verifyObject(IProxySession, session))
+        self.assertTrue(verifyObject(IService, session))
+        self.assertTrue(verifyObject(IProxySession, FakeProxySession("demo", 1, 2)))
+
+    def test_listensOnLoopback(self) -> None:
+        """
+        proxyPort listens on 127.0.0.1 at the requested port.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 8080, 80))
+        port, factory, backlog, interface = self.reactor.tcpServers[0]
+        self.assertEqual((port, interface), (8080, "127.0.0.1"))
+        self.assertIs(factory, session.factory)
+        self.assertEqual(
+            (session.localPort, session.remotePort, session.remoteHost), (8080, 80, "")
+        )
+        self.assertEqual(session.localAddr().port, 8080)
+
+    def test_explicitInterface(self) -> None:
+        """
+        Another interface is used only when asked for.
+        """
+        self.successResultOf(self.client.proxyPort("demo", 8080, 80, interface="::1"))
+        self.assertEqual(self.reactor.tcpServers[0][3], "::1")
+
+    def test_portZero(self) -> None:
+        """
+        Port 0 listens on some free port, which localAddr reports.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 0, 80))
+        self.assertEqual(self.reactor.tcpServers[0][0], 0)
+        self.assertIsNotNone(session.localAddr())
+
+    def test_closeIdempotent(self) -> None:
+        """
+        close() twice is fine; both Deferreds fire; the listener stops.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 8080, 80))
+        d1 = session.close()
+        d2 = session.close()
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.successResultOf(session.close())
+        self.assertEqual([p.disconnected for p in self.reactor.ports], [True])
+        self.assertIsNone(session.localAddr())
+        self.assertFalse(session.running)
+
+    def test_waitBeforeAndAfterClose(self) -> None:
+        """
+        wait() gives a new Deferred per call, firing on close, and fires at
+        once after.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 8080, 80))
+        w1, w2 = session.wait(), session.wait()
+        self.assertIsNot(w1, w2)
+        self.assertNoResult(w1)
+        session.close()
+        self.successResultOf(w1)
+        self.successResultOf(w2)
+        self.successResultOf(session.wait())
+
+    def test_closeDrainsThenAborts(self) -> None:
+        """
+        close() stops listening at once, lets open connections go on for
+        the drain period, then closes them.
+        """
+        client = SpritesClient(
+            self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", drainTimeout=5
+        )
+        session = self.successResultOf(client.proxyPort("demo", 8080, 80))
+        proto = session.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        d = session.close()
+        self.assertTrue(self.reactor.ports[0].disconnected)
+        self.reactor.advance(4)
+        self.assertNoResult(d)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+
+    def test_closeWhenConnectionsFinishEarly(self) -> None:
+        """
+        If open connections end within the drain period, close fires then.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 8080, 80))
+        proto = session.factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        d = session.close()
+        self.assertNoResult(d)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopServiceCloses(self) -> None:
+        """
+        Stopping the service closes the session.
+        """
+        session = self.client.session("demo", PortMapping(8080, 80))
+        session.startService()
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.successResultOf(session.stopService())
+        self.successResultOf(session.wait())
+
+    def test_listenFailureLoggedOrRaised(self) -> None:
+        """
+        startService logs a listen failure, or raises it when asked to
+        (twistd start-up).
+        """
+        reactor = FailingListenReactor({8080})
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        session = client.session("demo", PortMapping(8080, 80))
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        session.startService()
+        errors = [e for e in events if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("8080", errors[0]["error"])
+        self.successResultOf(session.wait())
+        session = client.session("demo", PortMapping(8080, 80))
+        session._raiseSynchronously = True
+        self.assertRaises(CannotListenError, session.startService)
+
+    def test_nonLoopbackWarns(self) -> None:
+        """
+        Binding a non-loopback interface logs a warning.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.successResultOf(self.client.proxyPort("demo", 8080, 80, interface="0.0.0.0"))
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("anyone", warnings[0]["log_format"])
+
+
+class ProxyPortsTests(SynchronousTestCase):
+    """
+    proxyPorts: all or nothing.
+    """
+
+    def test_inputOrder(self) -> None:
+        """
+        Sessions come back in input order.
+        """
+        reactor = MemoryReactorClock()
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        mappings = [PortMapping(9003, 3), PortMapping(9001, 1), PortMapping(9002, 2, "db")]
+        sessions = self.successResultOf(client.proxyPorts("demo", mappings))
+        self.assertEqual([s.mapping for s in sessions], mappings)
+
+    def test_rollback(self) -> None:
+        """
+        One busy port closes the sessions already made and fails naming
+        the port.
+        """
+        reactor = FailingListenReactor({9002})
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        d = client.proxyPorts(
+            "demo", [PortMapping(9001, 1), PortMapping(9002, 2), PortMapping(9003, 3)]
+        )
+        error = self.failureResultOf(d, CannotListenError).value
+        self.assertIn("9002", str(error))
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertEqual([p.disconnected for p in reactor.ports], [True])
+
+    def test_rollbackClosesListeners(self) -> None:
+        """
+        After a failed proxyPorts, no listener stays open.
+        """
+        reactor = FailingListenReactor({9002})
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        made: list[ProxySession] = []
+        original = client.session
+
+        def recording(*a, **kw):  # type: ignore[no-untyped-def]
+            s = original(*a, **kw)
+            made.append(s)
+            return s
+
+        client.session = recording  # type: ignore[method-assign]
+        self.failureResultOf(
+            client.proxyPorts("demo", [PortMapping(9001, 1), PortMapping(9002, 2)]),
+            CannotListenError,
+        )
+        self.assertIsNone(made[0].localAddr())
+        self.assertTrue(reactor.ports[0].disconnected)
+        self.successResultOf(made[0].wait())
+
+    def test_badMappings(self) -> None:
+        """
+        Duplicate local ports and non-mappings fail with MappingError.
+        """
+        client = SpritesClient(MemoryReactorClock(), TEST_TOKEN, "http://127.0.0.1:8900")
+        f = self.failureResultOf(
+            client.proxyPorts("demo", [PortMapping(1, 2), PortMapping(1, 3)]), MappingError
+        )
+        self.assertIn("local port 1", str(f.value))
+        self.failureResultOf(client.proxyPorts("demo", ["8080:80"]), MappingError)  # type: ignore[list-item]
+        self.failureResultOf(client.proxyPort("demo", 1, 70000), MappingError)
+
+    def test_cancelClosesSessions(self) -> None:
+        """
+        Cancelling proxyPorts closes what it made.
+        """
+        from twisted.internet.defer import Deferred
+
+        reactor = FailingListenReactor()
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        sessions: list[ProxySession] = []
+        original = client.session
+
+        def slowSecond(*a, **kw):  # type: ignore[no-untyped-def]
+            s = original(*a, **kw)
+            sessions.append(s)
+            if len(sessions) == 2:
+                s.listen = lambda: Deferred()  # type: ignore[method-assign]
+            return s
+
+        client.session = slowSecond  # type: ignore[method-assign]
+        d = client.proxyPorts("demo", [PortMapping(9001, 1), PortMapping(9002, 2)])
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertIsNone(sessions[0].localAddr())
+        self.successResultOf(sessions[0].wait())
+
+
+class ClientTests(SynchronousTestCase):
+    """
+    L{SpritesClient} and L{Sprite}.
+    """
+
+    def test_tokenNeverShown(self) -> None:
+        """
+        The token appears in no repr.
+        """
+        sprite = MemorySprite()
+        client = sprite.client()
+        endpoint = client.endpoint("demo", 5432)
+        session = client.session("demo", PortMapping(1, 2))
+        for thing in [client, endpoint, session, client.sprite("demo"), endpoint._wsFactory]:
+            self.assertNotIn(TEST_TOKEN, repr(thing))
+
+    def test_badConfiguration(self) -> None:
+        """
+        A missing token or an insecure remote URL is refused at once.
+        """
+        self.assertRaises(ConfigurationError, SpritesClient, MemoryReactorClock(), "")
+        self.assertRaises(
+            ConfigurationError, SpritesClient, MemoryReactorClock(), "t", "http://example.com"
+        )
+
+    def test_proxySocketNetwork(self) -> None:
+        """
+        Only tcp is supported.
+        """
+        client = MemorySprite().client()
+        f = self.failureResultOf(
+            client.proxySocket("udp", "demo", "localhost:1", Factory()), AddressError
+        )
+        self.assertIn("'udp'", str(f.value))
+
+    def test_proxySocketAddress(self) -> None:
+        """
+        Bad addresses fail, naming the address.
+        """
+        client = MemorySprite().client()
+        for address in ["nohost", "h:0", "h:65536", "::1:22"]:
+            f = self.failureResultOf(
+                client.proxySocket("tcp", "demo", address, Factory()), AddressError
+            )
+            self.assertIn(repr(address), str(f.value))
+
+    def test_proxySocketWorks(self) -> None:
+        """
+        proxySocket and Sprite.proxySocket reach the target; an empty host
+        means localhost.
+        """
+        sprite = MemorySprite()
+        sprite.addTarget(22, Factory.forProtocol(Echo))
+        client = sprite.client()
+        for d in [
+            client.proxySocket("tcp", "demo", ":22", Factory.forProtocol(Protocol)),
+            client.sprite("demo").proxySocket("tcp", "localhost:22", Factory.forProtocol(Protocol)),
+        ]:
+            sprite.flush()
+            proto = self.successResultOf(d)
+            self.assertEqual(proto.transport.getPeer().port, 22)
+
+    def test_cancelProxySocket(self) -> None:
+        """
+        Cancelling proxySocket aborts the tunnel and leaves nothing open.
+        """
+        sprite = MemorySprite()
+        sprite.addTarget(22, Factory.forProtocol(Echo))
+        d = sprite.client().proxySocket("tcp", "demo", ":22", Factory.forProtocol(Protocol))
+        d.cancel()
+        sprite.flush()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(sprite.server.tunnels, set())
+        self.assertEqual(sprite.network.pumps, [])
+
+
+class ManagerTests(SynchronousTestCase):
+    """
+    L{ProxyManager}: sessions as child services.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FailingListenReactor()
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+
+    def test_startStop(self) -> None:
+        """
+        Starting the manager listens for every session; stopping it closes
+        them all.
+        """
+        manager = ProxyManager()
+        sessions = [self.client.session("demo", PortMapping(p, 80)) for p in (8001, 8002)]
+        for s in sessions:
+            manager.addSession(s)
+        self.assertEqual(self.reactor.tcpServers, [])
+        manager.startService()
+        self.assertEqual([t[0] for t in self.reactor.tcpServers], [8001, 8002])
+        self.successResultOf(manager.stopService())
+        self.successResultOf(manager.waitAll())
+        self.assertTrue(all(s.localAddr() is None for s in sessions))
+
+    def test_addWhileRunning(self) -> None:
+        """
+        A session added to a running manager starts listening at once.
+        """
+        manager = ProxyManager()
+        manager.startService()
+        manager.addSession(self.client.session("demo", PortMapping(8001, 80)))
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+
+    def test_duplicateRejected(self) -> None:
+        """
+        The same local port on the same interface cannot be added twice.
+        """
+        manager = ProxyManager()
+        manager.addSession(self.client.session("demo", PortMapping(8001, 80)))
+        with self.assertRaises(MappingError) as ctx:
+            manager.addSession(self.client.session("demo", PortMapping(8001, 81)))
+        self.assertIn("8001", str(ctx.exception))
+        manager.addSession(self.client.session("demo", PortMapping(0, 82)))
+        manager.addSession(self.client.session("demo", PortMapping(0, 83)))
+        self.assertEqual(len(manager.sessions), 3)
+
+    def test_closeAllAndWaitAll(self) -> None:
+        """
+        closeAll fires when every session is closed; waitAll too.
+        """
+        manager = ProxyManager()
+        fakes = [FakeProxySession("demo", 1, 2), FakeProxySession("demo", 3, 4)]
+        for f in fakes:
+            manager.addSession(f)  # type: ignore[arg-type]
+        waited = manager.waitAll()
+        self.assertNoResult(waited)
+        self.successResultOf(manager.closeAll())
+        self.successResultOf(waited)
+        self.assertTrue(all(f.closed for f in fakes))
