@@ -156,6 +156,10 @@ class _TargetPipe(Pipe):
     def __init__(self, tunnel: ProxyServerProtocol) -> None:
         self.tunnel = tunnel
 
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        Pipe.connectionLost(self, reason)
+        self.tunnel.targetLost()
+
 
 class _TargetFactory(Factory):
     noisy = False
@@ -260,10 +264,12 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         self._connecting = None
         if self._state != _CONNECTING or self.state != self.STATE_OPEN:
             assert target.transport is not None
+            self._targetOpen = True
             target.transport.loseConnection()
             return
         self._state = _RELAYING
         self._target = target
+        self._targetOpen = True
         self.sendMessage(
             encodeReply("connected", target=self._targetName), isBinary=False
         )
@@ -340,11 +346,26 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
                 duration=server.reactor.seconds() - self._started,
             )
 
+    _wsLost = False
+    _targetOpen = False
+
+    def targetLost(self) -> None:
+        """
+        The target connection is gone (it has closed the WebSocket side).
+        """
+        self._targetOpen = False
+        self._maybeEnded()
+
+    def _maybeEnded(self) -> None:
+        if self._wsLost and not self._targetOpen and self._connecting is None:
+            self.factory.server.tunnelEnded(self)
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         try:
             super().connectionLost(reason)
         finally:
-            self.factory.server.tunnelEnded(self)
+            self._wsLost = True
+            self._maybeEnded()
 
 
 class ProxyServerFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -479,6 +500,7 @@ class LocalSpriteServer:
         self.closeTimeout = closeTimeout
         self.targetEndpoint = targetEndpoint
         self.tunnels: set[ProxyServerProtocol] = set()
+        self._idleWaiters: list[Deferred[None]] = []
         self.wsFactory = ProxyServerFactory(self)
 
     def __repr__(self) -> str:
@@ -502,10 +524,32 @@ class LocalSpriteServer:
         return self.sprites is None or name in self.sprites
 
     def tunnelStarted(self, proto: ProxyServerProtocol) -> None:
+        """
+        Count a tunnel from the moment its upgrade is accepted.
+        """
         self.tunnels.add(proto)
 
     def tunnelEnded(self, proto: ProxyServerProtocol) -> None:
+        """
+        A tunnel and its target connection are both gone.
+        """
         self.tunnels.discard(proto)
+        if not self.tunnels:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no tunnel (nor its target connection) is
+        open; at once if none is.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.tunnels:
+            d.callback(None)
+        else:
+            self._idleWaiters.append(d)
+        return d
 
     def resource(self) -> Resource:
         """
