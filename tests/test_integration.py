@@ -1,0 +1,564 @@
+"""
+Integration tests over real loopback sockets (127.0.0.1 only): a target
+service, the local sprite server, and sessions forwarding local ports to the
+target through real tunnels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from sprites_twisted import PortMapping, ProxyManager, SpritesClient
+from sprites_twisted.errors import HandshakeError, SpriteAuthError, SpriteNotFoundError, TunnelTimeoutError
+from sprites_twisted.server import LocalSpriteServer
+from tests import wsfake
+
+TOKEN = "integration-token-5f2e"
+reactor: Any = globalReactor
+
+
+class Tracked(Protocol):
+    """
+    A protocol whose progress is observable: C{lost} fires (with the
+    reason's exception) on connectionLost; L{receivedAtLeast} fires once
+    that many bytes arrived.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[BaseException] = Deferred()
+        self.received: list[bytes] = []
+        self.count = 0
+        self._waiting: list[tuple[int, Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        self.count += len(data)
+        self._check()
+
+    def _check(self) -> None:
+        still = []
+        for n, d in self._waiting:
+            if self.count >= n:
+                d.callback(None)
+            else:
+                still.append((n, d))
+        self._waiting = still
+
+    def receivedAtLeast(self, n: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((n, d))
+        self._check()
+        return d
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(reason.value if reason is not None else None)
+
+
+class TrackingFactory(Factory):
+    """
+    Builds C{protocol}s and can wait for all of them to be gone.
+    """
+
+    def __init__(self, protocol: type[Protocol], *args: Any) -> None:
+        self.protocolClass = protocol
+        self.args = args
+        self.instances: list[Any] = []
+        self._next: list[Deferred[Any]] = []
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        p = self.protocolClass(*self.args)
+        p.factory = self
+        self.instances.append(p)
+        waiters, self._next = self._next, []
+        for d in waiters:
+            d.callback(p)
+        return p
+
+    def nextProtocol(self) -> Deferred[Any]:
+        """
+        Fires with the next protocol built (or the last one, if one was).
+        """
+        d: Deferred[Any] = Deferred()
+        self._next.append(d)
+        return d
+
+    def allLost(self) -> Deferred[Any]:
+        return DeferredList([p.lost for p in self.instances])
+
+
+class EchoTarget(Tracked):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class HashingTarget(Tracked):
+    """
+    Hashes what it receives and sends C{size} bytes of its own, reporting
+    its digest when the client has sent C{expect} bytes.
+    """
+
+    def __init__(self, payload: bytes, expect: int) -> None:
+        super().__init__()
+        self.payload = payload
+        self.expect = expect
+        self.hash = hashlib.sha256()
+        self.done: Deferred[str] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+        if self.count >= self.expect and not self.done.called:
+            self.done.callback(self.hash.hexdigest())
+
+
+@implementer(IPushProducer)
+class FloodTarget(Tracked):
+    """
+    Sends C{size} bytes as fast as its transport lets it, as a push
+    producer; C{paused} fires the first time the transport pauses it.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.sent = 0
+        self.isPaused = False
+        self.paused: Deferred[int] = Deferred()
+        self.chunk = os.urandom(65536)
+        self.hash = hashlib.sha256()
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.isPaused = False
+        while not self.isPaused and self.sent < self.size:
+            chunk = self.chunk[: self.size - self.sent]
+            self.hash.update(chunk)
+            self.sent += len(chunk)
+            self.transport.write(chunk)
+        if self.sent >= self.size:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self.isPaused = True
+        if not self.paused.called:
+            self.paused.callback(self.sent)
+
+    def stopProducing(self) -> None:
+        self.isPaused = True
+
+
+class Harness:
+    """
+    A target, a local sprite server and a client, all on 127.0.0.1, torn
+    down completely (every connection waited for) by the test's cleanups.
+    """
+
+    def __init__(self, test: TestCase) -> None:
+        self.test = test
+        self.cleanups: list[Any] = []
+
+    async def start(self, targetFactory: Factory | None = None, **serverOptions: Any) -> None:
+        self.targetFactory = targetFactory or TrackingFactory(EchoTarget)
+        self.targetPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            self.targetFactory
+        )
+        self.server = LocalSpriteServer(reactor, TOKEN, **serverOptions)
+        self.apiPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            self.server.site()
+        )
+        self.test.addCleanup(self._stop)
+
+    @property
+    def apiURL(self) -> str:
+        return f"http://127.0.0.1:{self.apiPort.getHost().port}"
+
+    def client(self, token: str = TOKEN, **options: Any) -> SpritesClient:
+        options.setdefault("drainTimeout", 0)
+        options.setdefault("lingerTimeout", 0.5)
+        return SpritesClient(reactor, token, self.apiURL, **options)
+
+    async def forward(self, remotePort: int | None = None, **options: Any) -> Any:
+        port = remotePort or self.targetPort.getHost().port
+        session = await self.client(**options).proxyPort("demo", 0, port)
+        self.cleanups.append(session.close)
+        return session
+
+    async def dial(self, session: Any, protocol: Protocol) -> Any:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", session.localPort)
+        return await connectProtocol(endpoint, protocol)
+
+    async def _stop(self) -> None:
+        for close in self.cleanups:
+            await close()
+        await self.server.whenIdle()
+        await self.apiPort.stopListening()
+        await self.targetPort.stopListening()
+        if isinstance(self.targetFactory, TrackingFactory):
+            await self.targetFactory.allLost()
+
+
+class RelayTests(TestCase):
+    """
+    Data through real tunnels.
+    """
+
+    timeout = 60
+
+    async def test_bytesExactBothWays(self) -> None:
+        """
+        Several MB each way, at the same time, arrive byte-exact (sha256).
+        """
+        down = os.urandom(6 * 1024 * 1024)
+        up = os.urandom(5 * 1024 * 1024)
+        targets = TrackingFactory(HashingTarget, down, len(up))
+        h = Harness(self)
+        await h.start(targets)
+        session = await h.forward()
+        local = Tracked()
+        targetMade = targets.nextProtocol()
+        await h.dial(session, local)
+        local.transport.write(up)
+        target = await targetMade
+        self.assertEqual(await target.done, hashlib.sha256(up).hexdigest())
+        await local.receivedAtLeast(len(down))
+        self.assertEqual(local.count, len(down))
+        self.assertEqual(hashlib.sha256(b"".join(local.received)).digest(), hashlib.sha256(down).digest())
+        local.transport.loseConnection()
+        await local.lost
+
+    async def test_hundredConcurrentConnections(self) -> None:
+        """
+        100 concurrent connections through one session each get their own
+        bytes back.
+        """
+        h = Harness(self)
+        await h.start()
+        session = await h.forward()
+        payloads = [os.urandom(20000) + b"%d" % i for i in range(100)]
+        clients = [Tracked() for _ in payloads]
+        await gatherResults([Deferred.fromCoroutine(h.dial(session, c)) for c in clients])
+        for c, p in zip(clients, payloads):
+            c.transport.write(p)
+
+        await gatherResults([c.receivedAtLeast(len(p)) for c, p in zip(clients, payloads)])
+        for c, p in zip(clients, payloads):
+            self.assertEqual(b"".join(c.received), p)
+            c.transport.loseConnection()
+        await gatherResults([c.lost for c in clients])
+        self.assertEqual(len(h.targetFactory.instances), 100)
+
+
+class FlowControlTests(TestCase):
+    """
+    A slow reader on either end pauses the other end, through the whole
+    chain, instead of buffering everything in memory.
+    """
+
+    timeout = 60
+    size = 64 * 1024 * 1024
+
+    def watchPauses(self) -> dict[str, Deferred[None]]:
+        """
+        Fire C{client}/C{server} when a WebSocket stream transport on that
+        side is paused (its consumer's buffer is full).
+        """
+        from sprites_twisted.relay import WebSocketStreamTransport
+        from sprites_twisted.tunnel import TunnelClientProtocol
+
+        fired = {"client": Deferred(), "server": Deferred()}
+        original = WebSocketStreamTransport.pauseProducing
+
+        def pauseProducing(stream: WebSocketStreamTransport) -> None:
+            side = "client" if isinstance(stream._ws, TunnelClientProtocol) else "server"
+            if not fired[side].called:
+                fired[side].callback(None)
+            original(stream)
+
+        self.patch(WebSocketStreamTransport, "pauseProducing", pauseProducing)
+        return fired
+
+    def watchTCPPause(self, cls: type, port: int) -> Deferred[None]:
+        """
+        Fire when a TCP connection of class C{cls} with local or remote port
+        C{port} is paused as a producer.
+        """
+        fired: Deferred[None] = Deferred()
+        original = cls.pauseProducing
+
+        def pauseProducing(transport: Any) -> None:
+            ports = (transport.getHost().port, transport.getPeer().port)
+            if port in ports and not fired.called:
+                fired.callback(None)
+            original(transport)
+
+        self.patch(cls, "pauseProducing", pauseProducing)
+        return fired
+
+    async def test_slowLocalReader(self) -> None:
+        """
+        A local client that does not read pauses the tunnel, which pauses
+        the target; once it reads, every byte arrives.
+        """
+        from twisted.internet import tcp
+
+        flood = TrackingFactory(FloodTarget, self.size)
+        h = Harness(self)
+        await h.start(flood)
+        pauses = self.watchPauses()
+        targetPaused = self.watchTCPPause(tcp.Client, h.targetPort.getHost().port)
+        session = await h.forward()
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.pauseProducing()
+        await pauses["client"]
+        await targetPaused
+        target = flood.instances[0]
+        await target.paused
+        self.assertLess(target.sent, self.size // 2)
+        local.transport.resumeProducing()
+        await local.receivedAtLeast(self.size)
+        self.assertEqual(hashlib.sha256(b"".join(local.received)).digest(), target.hash.digest())
+        await local.lost
+
+    async def test_slowTarget(self) -> None:
+        """
+        A target that does not read pauses the tunnel, which pauses the
+        local client; once it reads, every byte arrives.
+        """
+        from twisted.internet import tcp
+
+        class Lazy(Tracked):
+            def connectionMade(self) -> None:
+                self.transport.pauseProducing()
+
+        lazy = TrackingFactory(Lazy)
+        h = Harness(self)
+        await h.start(lazy)
+        pauses = self.watchPauses()
+        session = await h.forward()
+        localPaused = self.watchTCPPause(tcp.Server, session.localPort)
+        targetMade = lazy.nextProtocol()
+        local = FloodTarget(self.size)
+        await h.dial(session, local)
+        target = await targetMade
+        await pauses["server"]
+        await localPaused
+        await local.paused
+        self.assertLess(local.sent, self.size // 2)
+        target.transport.resumeProducing()
+        await target.receivedAtLeast(self.size)
+        self.assertEqual(hashlib.sha256(b"".join(target.received)).digest(), local.hash.digest())
+        await local.lost
+
+
+class RefusalTests(TestCase):
+    """
+    Refused tunnels give typed errors, close only their own connection, are
+    logged, and the listener keeps serving.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def warnings(self) -> list[str]:
+        return [
+            e["error"] for e in self.events if e["log_level"].name == "warn" and "error" in e
+        ]
+
+    async def roundTrip(self, h: Harness, session: Any) -> bytes:
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"ping")
+        await local.receivedAtLeast(4)
+        local.transport.loseConnection()
+        await local.lost
+        return b"".join(local.received)
+
+    async def refusedConnection(self, h: Harness, session: Any) -> BaseException:
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"hello?")
+        return await local.lost
+
+    async def test_badTokenThenGood(self) -> None:
+        """
+        A bad token closes the connection with a logged 401; after the
+        token is fixed on the server side, the same listener works.
+        """
+        h = Harness(self)
+        await h.start()
+        session = await h.forward(token="not-the-token")
+        await self.refusedConnection(h, session)
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("HTTP 401", self.warnings()[0])
+        h.server._token = b"not-the-token"
+        self.assertEqual(await self.roundTrip(h, session), b"ping")
+
+    async def test_unknownSpriteThenKnown(self) -> None:
+        """
+        An unknown sprite gives a logged 404; the listener keeps serving.
+        """
+        h = Harness(self)
+        await h.start(sprites=["other"])
+        session = await h.forward()
+        await self.refusedConnection(h, session)
+        self.assertIn("HTTP 404", self.warnings()[0])
+        self.assertIn("no sprite named 'demo'", self.warnings()[0])
+        h.server.sprites = frozenset({"demo"})
+        self.assertEqual(await self.roundTrip(h, session), b"ping")
+
+    async def test_targetRefusedThenUp(self) -> None:
+        """
+        A refused target gives the server's reason; once the target
+        listens, the listener works.
+        """
+        h = Harness(self)
+        await h.start()
+        probe = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        freePort = probe.getHost().port
+        await probe.stopListening()
+        session = await h.forward(remotePort=freePort)
+        await self.refusedConnection(h, session)
+        self.assertIn("cannot connect to localhost:%d" % freePort, self.warnings()[0])
+        late = await TCP4ServerEndpoint(reactor, freePort, interface="127.0.0.1").listen(
+            TrackingFactory(EchoTarget)
+        )
+        self.addCleanup(late.stopListening)
+        self.assertEqual(await self.roundTrip(h, session), b"ping")
+
+    async def test_proxySocketErrors(self) -> None:
+        """
+        proxySocket fails with the typed errors.
+        """
+        h = Harness(self)
+        await h.start(sprites=["demo"])
+        port = h.targetPort.getHost().port
+        with self.assertRaises(SpriteAuthError):
+            await h.client(token="bad").proxySocket("tcp", "demo", f":{port}", Factory.forProtocol(Protocol))
+        with self.assertRaises(SpriteNotFoundError):
+            await h.client().proxySocket("tcp", "nope", f":{port}", Factory.forProtocol(Protocol))
+        with self.assertRaises(HandshakeError):
+            await h.client().proxySocket("tcp", "demo", "10.255.255.1:1", Factory.forProtocol(Protocol))
+
+    async def test_scriptedServerFailures(self) -> None:
+        """
+        A non-JSON reply and no reply at all (timeout) each close the local
+        connection with a logged reason, and the listener then serves a
+        good tunnel.
+        """
+        h = Harness(self)
+        await h.start()
+        switch = SwitchFactory(wsfake.acceptThenReply(wsfake.text(b"<html>oops</html>")))
+        api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(switch)
+        self.addCleanup(api.stopListening)
+        client = SpritesClient(
+            reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}",
+            handshakeTimeout=0.5, drainTimeout=0, lingerTimeout=0.5,
+        )
+        session = await client.proxyPort("demo", 0, h.targetPort.getHost().port)
+        h.cleanups.append(session.close)
+        await self.refusedConnection(h, session)
+        self.assertIn("not JSON", self.warnings()[-1])
+        switch.current = wsfake.acceptThenReply(b"")
+        await self.refusedConnection(h, session)
+        self.assertIn("no answer from the sprite within 0.5 s", self.warnings()[-1])
+        switch.current = h.server.site()
+        self.assertEqual(await self.roundTrip(h, session), b"ping")
+        self.flushLoggedErrors(TunnelTimeoutError)
+
+
+class SwitchFactory(Factory):
+    """
+    Delegates buildProtocol to whichever factory is C{current}.
+    """
+
+    def __init__(self, current: Factory) -> None:
+        self.current = current
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return self.current.buildProtocol(addr)
+
+
+class SessionLifecycleTests(TestCase):
+    """
+    Sessions over real sockets: all-or-nothing start, close, wait.
+    """
+
+    timeout = 30
+
+    async def test_proxyPortsRollback(self) -> None:
+        """
+        With one local port taken, proxyPorts fails naming it and the other
+        listeners are closed.
+        """
+        h = Harness(self)
+        await h.start()
+        taken = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        self.addCleanup(taken.stopListening)
+        takenPort = taken.getHost().port
+        probe = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        freePort = probe.getHost().port
+        await probe.stopListening()
+        remote = h.targetPort.getHost().port
+        with self.assertRaises(CannotListenError) as ctx:
+            await h.client().proxyPorts(
+                "demo",
+                [PortMapping(freePort, remote), PortMapping(takenPort, remote), PortMapping(0, remote)],
+            )
+        self.assertIn(str(takenPort), str(ctx.exception))
+        with self.assertRaises(ConnectionRefusedError):
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", freePort), Protocol())
+
+    async def test_closeAllLeavesNothingOpen(self) -> None:
+        """
+        closeAll stops listening and closes open connections and their
+        tunnels; wait() fires before and after; close() twice is fine.
+        """
+        h = Harness(self)
+        await h.start()
+        client = h.client(drainTimeout=0.2)
+        manager = ProxyManager()
+        remote = h.targetPort.getHost().port
+        for mapping in [PortMapping(0, remote), PortMapping(0, remote)]:
+            manager.addSession(client.session("demo", mapping))
+        manager.startService()
+        session = manager.sessions[0]
+        waited = session.wait()
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"x")
+        await local.receivedAtLeast(1)
+        tunnel = next(iter(session.factory.connections)).peer.transport
+        await manager.closeAll()
+        self.assertTrue(waited.called)
+        await session.wait()
+        await session.close()
+        await session.close()
+        self.assertEqual(session.factory.connections, set())
+        self.assertFalse(tunnel._ws.transport.connected)
+        await local.lost
+        self.assertTrue(all(s.localAddr() is None for s in manager.sessions))
+        await manager.waitAll()
