@@ -439,6 +439,10 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         if self._refusal is not None and self._failure is None:
             # The server closed after a refusal: use what body we got.
             self._finishRefusal()
+        if _isTLSError(reason):
+            # Reported as a TLSVerificationError (and warned about by the
+            # listener); Autobahn would also log a cryptic error-level line.
+            reason = Failure(ConnectionLost("TLS verification failed"))
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:

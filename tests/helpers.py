@@ -1,0 +1,332 @@
+"""
+Shared helpers for the integration tests that run over real loopback
+sockets (TLS, hostile peers, faults): tracked listeners that say when their
+connections are all gone, a local client that records what it gets, a log
+capture, a file descriptor count, and a reactor with real sockets but fake
+time.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+__all__ = [
+    "Echo",
+    "TrackingFactory",
+    "LocalClient",
+    "LogCapture",
+    "SplitReactor",
+    "listen",
+    "countingSite",
+    "connectLocal",
+    "openFileDescriptors",
+]
+
+
+class Echo(Protocol):
+    """
+    Sends back what it receives.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _RecordingWrapper(ProtocolWrapper):
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.received += data
+        super().dataReceived(data)
+
+
+class TrackingFactory(WrappingFactory):
+    """
+    Wraps a server factory and knows its open connections, so that a test
+    can wait until all of them are gone (trial wants a clean reactor).
+
+    L{listen} puts it outermost, under TLS for an ``ssl:`` listener (Autobahn
+    needs the TLS protocol itself as the transport of the HTTP channel).
+
+    :ivar accepted: connections accepted so far.
+    :ivar received: every byte received on them (TLS records for ``ssl:``).
+    """
+
+    protocol = _RecordingWrapper
+
+    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
+        super().__init__(wrappedFactory)
+        self.accepted = 0
+        self.received = bytearray()
+        self._idle: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.accepted += 1
+        return super().buildProtocol(addr)
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once no connection is open.
+        """
+        if not self.protocols:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def abortAll(self) -> None:
+        """
+        Abort every open connection (a crash, as far as peers can tell).
+        """
+        for p in list(self.protocols):
+            if p.transport is not None:
+                p.transport.abortConnection()
+
+
+class _TrackingReactor:
+    """
+    A reactor whose (only) C{listenTCP}/C{listenSSL} wraps the factory in a
+    L{TrackingFactory}, outside TLS.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.tracked: TrackingFactory
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: IProtocolFactory, *a: Any, **kw: Any) -> Any:
+        self.tracked = TrackingFactory(factory)
+        return self._reactor.listenTCP(port, self.tracked, *a, **kw)
+
+    def listenSSL(
+        self, port: int, factory: IProtocolFactory, contextFactory: Any, *a: Any, **kw: Any
+    ) -> Any:
+        return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory), *a, **kw)
+
+
+async def listen(
+    testCase: TestCase,
+    reactor: Any,
+    factory: IProtocolFactory,
+    description: str = "tcp:0:interface=127.0.0.1",
+) -> tuple[IListeningPort, TrackingFactory]:
+    """
+    Listen with C{factory} (tracked) on C{description}; on cleanup, wait
+    for its connections to end, then stop listening.
+    """
+    tracking = _TrackingReactor(reactor)
+    port = await serverFromString(tracking, description).listen(factory)
+    tracked = tracking.tracked
+
+    async def cleanup() -> None:
+        await tracked.whenIdle()
+        await port.stopListening()
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
+    return port, tracked
+
+
+class LocalClient(Protocol):
+    """
+    A local application connecting to a forwarded port: records what
+    arrives and how the connection ended.
+
+    :ivar closed: fires (with C{None}) when the connection is gone.
+    :ivar reason: why it ended (the C{connectionLost} reason).
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
+        self._wanted: list[tuple[int, Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        still = []
+        for size, d in self._wanted:
+            if len(self.received) >= size:
+                d.callback(bytes(self.received))
+            else:
+                still.append((size, d))
+        self._wanted = still
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        for _, d in self._wanted:
+            d.errback(reason)
+        self._wanted = []
+        self.reason = reason
+        self.closed.callback(None)
+
+    def whenReceived(self, size: int) -> Deferred[bytes]:
+        """
+        Fires with everything received once at least C{size} bytes arrived
+        (fails if the connection ends first).
+        """
+        if len(self.received) >= size:
+            return succeed(bytes(self.received))
+        d: Deferred[bytes] = Deferred()
+        self._wanted.append((size, d))
+        return d
+
+
+class CountingResource(Resource):
+    """
+    Wraps the sprite server's resource and records the headers of every
+    HTTP request that reached it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self.inner = inner
+        self.requests: list[dict[bytes, bytes]] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(dict(request.getAllHeaders()))
+        return self.inner.render(request)
+
+
+def countingSite(server: Any) -> tuple[Site, CountingResource]:
+    """
+    A C{Site} for a L{LocalSpriteServer} that counts the requests it got.
+    """
+    resource = CountingResource(server.resource())
+    site = Site(resource, reactor=server.reactor)
+    site.displayTracebacks = False
+    return site, resource
+
+
+def connectLocal(reactor: Any, port: int) -> Deferred[LocalClient]:
+    """
+    Connect a L{LocalClient} to 127.0.0.1:C{port}.
+    """
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), LocalClient())
+
+
+@implementer(ILogObserver)
+class LogCapture:
+    """
+    Every log event (all levels, Twisted and txaio/Autobahn alike, since
+    both go through Twisted's global log publisher) while a test runs.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def texts(self) -> list[str]:
+        """
+        Each event as every text it could be shown as: its formatted message,
+        the repr of each field, and any failure's traceback.
+        """
+        out = []
+        for event in self.events:
+            parts = [formatEvent(event)]
+            for key, value in event.items():
+                parts.append(f"{key}={value!r}")
+                if isinstance(value, Failure):
+                    parts.append(value.getTraceback())
+            out.append("\n".join(parts))
+        return out
+
+    def atLevel(self, level: LogLevel) -> list[str]:
+        """
+        The formatted messages logged at C{level}.
+        """
+        return [formatEvent(e) for e in self.events if e.get("log_level") == level]
+
+    def problems(self) -> list[str]:
+        """
+        Formatted events that report an unexpected error: anything carrying a
+        failure (C{log.failure}, "Unhandled error in Deferred") or logged at
+        error/critical level.  Collects garbage first, so that a failed
+        Deferred nobody handled gets reported now.
+        """
+        gc.collect()
+        return [
+            formatEvent(e)
+            for e in self.events
+            if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
+        ]
+
+
+class SplitReactor:
+    """
+    The real reactor's sockets with a L{Clock}'s time: timeouts only fire
+    when a test advances the clock, while bytes move over real loopback
+    connections.
+
+    Use IP literals with it (name resolution and C{HostnameEndpoint} schedule
+    their work with C{callLater}).
+    """
+
+    def __init__(self, reactor: Any, clock: Clock | None = None) -> None:
+        self._reactor = reactor
+        self.clock = clock if clock is not None else Clock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def callLater(self, delay: float, f: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *a, **kw)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+
+def openFileDescriptors() -> int:
+    """
+    How many file descriptors this process has open.
+    """
+    return len(os.listdir("/proc/self/fd"))
+
+
+def gatherAll(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """
+    Fire with every result in order, or fail with the first failure.
+    """
+    d = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+    return d.addCallback(lambda results: [value for _, value in results])
+
+
+def echoFactory() -> Factory:
+    """
+    A factory of L{Echo} protocols.
+    """
+    return Factory.forProtocol(Echo)
