@@ -1,0 +1,210 @@
+"""
+The load generator (runs inside ``run.py``) and process accounting.
+
+Blocking sockets on 127.0.0.1, every one with a timeout, so that a stuck
+relay fails the run instead of hanging it.  Talks the target's header
+protocol (see ``roles.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from roles import HEADER, recvDiscard, sendZeros
+
+TIMEOUT = 60.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def upload(port: int, size: int) -> float:
+    """Send C{size} bytes to the sink; seconds until it acknowledged them all."""
+    start = time.perf_counter()
+    with connect(port) as sock:
+        sock.sendall(HEADER.pack(b"S", size))
+        sendZeros(sock, size)
+        if sock.recv(1) != b"K":
+            raise EOFError("no acknowledgement from the sink")
+        return time.perf_counter() - start
+
+
+def download(port: int, size: int) -> float:
+    """Pull C{size} bytes from the source; seconds until all arrived."""
+    start = time.perf_counter()
+    with connect(port) as sock:
+        sock.sendall(HEADER.pack(b"G", size))
+        recvDiscard(sock, size)
+        return time.perf_counter() - start
+
+
+def echo(port: int, size: int) -> float:
+    """Send C{size} bytes to the echo and read them back at the same time."""
+    start = time.perf_counter()
+    with connect(port) as sock:
+        sock.sendall(HEADER.pack(b"E", 0))
+        errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                sendZeros(sock, size)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        recvDiscard(sock, size)
+        sender.join()
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - start
+
+
+def firstByte(port: int) -> float:
+    """Connect, ask for an echo, and wait for the first byte back."""
+    start = time.perf_counter()
+    sock = connect(port)
+    try:
+        sock.sendall(HEADER.pack(b"E", 0) + b"x")
+        if sock.recv(1) != b"x":
+            raise EOFError("no echo")
+        return time.perf_counter() - start
+    finally:
+        sock.close()
+
+
+def pingPong(port: int, rounds: int, size: int = 64) -> list[float]:
+    """Round trips of C{size} bytes on one open connection."""
+    with connect(port) as sock:
+        sock.sendall(HEADER.pack(b"E", 0))
+        message = b"p" * size
+        times = []
+        for _ in range(rounds + 20):
+            start = time.perf_counter()
+            sock.sendall(message)
+            recvDiscard(sock, size)
+            times.append(time.perf_counter() - start)
+        return times[20:]
+
+
+def openIdle(port: int, count: int, batch: int = 50) -> list[socket.socket]:
+    """Open C{count} echo connections, each proven open by one round trip."""
+    socks: list[socket.socket] = []
+    while len(socks) < count:
+        group = [connect(port) for _ in range(min(batch, count - len(socks)))]
+        for sock in group:
+            sock.sendall(HEADER.pack(b"E", 0) + b"i")
+        for sock in group:
+            if sock.recv(1) != b"i":
+                raise EOFError("an idle tunnel did not echo")
+        socks.extend(group)
+    return socks
+
+
+def slowRead(
+    port: int, size: int, rate: float, sample: callable, readSize: int = 64 * 1024
+) -> float:
+    """Pull C{size} bytes at about C{rate} bytes/s, calling C{sample} as it goes."""
+    start = time.perf_counter()
+    with connect(port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, readSize)
+        sock.sendall(HEADER.pack(b"G", size))
+        buf = bytearray(readSize)
+        got = 0
+        nextSample = 0.0
+        while got < size:
+            n = sock.recv_into(buf, min(readSize, size - got))
+            if not n:
+                raise EOFError("slow reader: connection closed early")
+            got += n
+            elapsed = time.perf_counter() - start
+            ahead = got / rate - elapsed
+            if ahead > 0:
+                time.sleep(ahead)
+            if elapsed >= nextSample:
+                sample()
+                nextSample = elapsed + 0.1
+        return time.perf_counter() - start
+
+
+# --- processes ------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    role: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    info: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cpu(self) -> float:
+        """User + system CPU seconds so far."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def status(self, key: str) -> int:
+        """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def rss(self) -> int:
+        return self.status("VmRSS")
+
+    def resetPeak(self) -> None:
+        """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5)."""
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            try:
+                self.popen.wait(3)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(3)
+
+
+def start(role: str, *args: int) -> Proc:
+    here = os.path.dirname(os.path.abspath(__file__))
+    popen = subprocess.Popen(
+        [sys.executable, os.path.join(here, "roles.py"), role, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    line = b""
+    while time.monotonic() < deadline:
+        line = popen.stdout.readline()  # type: ignore[union-attr]
+        if line.startswith(b"READY ") or not line:
+            break
+    if not line.startswith(b"READY "):
+        popen.kill()
+        raise RuntimeError(f"{role} did not start")
+    _, port, info = line.decode().split()
+    return Proc(role, popen, int(port), info)
