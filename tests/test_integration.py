@@ -562,3 +562,38 @@ class SessionLifecycleTests(TestCase):
         await local.lost
         self.assertTrue(all(s.localAddr() is None for s in manager.sessions))
         await manager.waitAll()
+
+
+class HalfCloseTests(TestCase):
+    """
+    A local client that shuts down its sending side still gets the reply.
+    """
+
+    timeout = 30
+
+    async def test_replyAfterHalfClose(self) -> None:
+        """
+        The request is sent, the client half-closes, and the whole reply
+        (sent by the target afterwards) still arrives before the close.
+        """
+
+        class Answer(Tracked):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                if b"\n" in b"".join(self.received):
+                    reply = b"R" * 300000
+                    reactor.callLater(0.05, self.transport.write, reply)
+                    reactor.callLater(0.1, self.transport.write, b"end")
+
+        h = Harness(self)
+        await h.start(TrackingFactory(Answer))
+        session = await h.forward()
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"request\n")
+        local.transport.loseWriteConnection()
+        reason = await local.lost
+        self.assertEqual(b"".join(local.received), b"R" * 300000 + b"end")
+        from twisted.internet.error import ConnectionDone
+
+        self.assertIsInstance(reason, ConnectionDone)
