@@ -1,0 +1,264 @@
+"""
+End-to-end tests: ``twistd sprites-local`` and ``twistd sprites-proxy``
+run as real processes on 127.0.0.1, with this checkout's code and plugins.
+
+These are the only tests here that start processes; each waits for
+readiness by polling a connection (a bounded number of times), never by
+sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import reactor as _globalReactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = "from twisted.scripts.twistd import run; run()"
+TOKEN = "e2e-test-token-5ce7b1f0"
+reactor: Any = _globalReactor
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def childEnvironment(**extra: str) -> dict[str, str]:
+    """
+    Our environment, with this checkout first on the path and no token
+    unless given.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("SPRITE_TOKEN", "SPRITES_TOKEN")}
+    env["PYTHONPATH"] = ROOT
+    env.update(extra)
+    return env
+
+
+class Twistd(ProcessProtocol):
+    """
+    A twistd child: collects its output; C{ended} fires with its exit code
+    (or C{-signal}).
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+        self.exitCode: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = value.exitCode if value.exitCode is not None else -value.signal
+        self.exitCode = code
+        self.ended.callback(code)
+
+    def terminate(self) -> Deferred[int]:
+        """
+        Send SIGTERM (once, if still running); fires with the exit code.
+        """
+        if self.exitCode is None and self.transport is not None:
+            self.transport.signalProcess("TERM")
+        return self.ended
+
+
+def startTwistd(testCase: TestCase, args: list[str], env: dict[str, str]) -> Twistd:
+    """
+    Start ``twistd -n`` with C{args}; it is stopped at the end of the test.
+    """
+    proto = Twistd()
+    cwd = testCase.mktemp()
+    os.makedirs(cwd)
+    reactor.spawnProcess(
+        proto,
+        sys.executable,
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args],
+        env=env,
+        path=cwd,
+    )
+
+    def cleanup() -> Deferred[int]:
+        return proto.terminate()
+
+    testCase.addCleanup(cleanup)
+    return proto
+
+
+async def waitForPort(port: int, *children: Twistd, tries: int = 200) -> None:
+    """
+    Poll until 127.0.0.1:C{port} accepts a connection (up to C{tries}
+    attempts 25 ms apart); fail early, with their output, if a child exits.
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
+    for _ in range(tries):
+        for child in children:
+            if child.exitCode is not None:
+                raise AssertionError(
+                    f"child exited with {child.exitCode}:\n{child.output.decode(errors='replace')}"
+                )
+        try:
+            proto = await connectProtocol(endpoint, Protocol())
+        except ConnectError:
+            await deferLater(reactor, 0.025, lambda: None)
+            continue
+        assert proto.transport is not None
+        proto.transport.loseConnection()
+        return
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {tries} tries")
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Collector(Protocol):
+    """
+    A client that keeps what it receives and says when it has enough or
+    when the connection closes.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+        self._waiting: tuple[int, Deferred[bytes]] | None = None
+
+    def receive(self, count: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (count, d)
+        self._check()
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self._check()
+
+    def _check(self) -> None:
+        if self._waiting and len(self.received) >= self._waiting[0]:
+            (_, d), self._waiting = self._waiting, None
+            d.callback(self.received)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
+class CommandsTests(TestCase):
+    """
+    Both twistd commands, as a user runs them.
+    """
+
+    # A hang fails in seconds, not trial's default two minutes.
+    timeout = 30
+
+    async def echoServer(self) -> int:
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Echo)
+        )
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    async def test_forwardAndStop(self) -> None:
+        """
+        Bytes go through sprites-proxy and sprites-local to a local service;
+        on SIGTERM the proxy stops listening at once, lets an open
+        connection go on until the drain timeout, then closes it, and both
+        commands exit 0; neither ever prints the token.
+        """
+        echoPort = await self.echoServer()
+        apiPort, localPort = freePort(), freePort()
+        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
+        local = startTwistd(
+            self, ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"], env
+        )
+        proxy = startTwistd(
+            self,
+            ["sprites-proxy", "-s", "demo", "--drain-timeout", "1", f"{localPort}:{echoPort}"],
+            env,
+        )
+        await waitForPort(apiPort, local, proxy)
+        await waitForPort(localPort, local, proxy)
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
+        client = await connectProtocol(endpoint, Collector())
+        assert client.transport is not None
+        client.transport.write(b"hello sprite")
+        self.assertEqual(await client.receive(12).addTimeout(5, reactor), b"hello sprite")
+
+        proxy.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        # The listener goes at once...
+        for _ in range(200):
+            try:
+                probe = await connectProtocol(endpoint, Protocol())
+            except ConnectError:
+                break
+            probe.transport.loseConnection()  # type: ignore[union-attr]
+            await deferLater(reactor, 0.025, lambda: None)
+        else:
+            self.fail("sprites-proxy still listens after SIGTERM")
+        # ...the open connection still works while it drains...
+        client.transport.write(b"+more")
+        self.assertEqual(await client.receive(17).addTimeout(5, reactor), b"hello sprite+more")
+        # ...and is closed when the drain time is over.
+        await client.closed.addTimeout(10, reactor)
+        self.assertEqual(await proxy.ended, 0, proxy.output)
+        self.assertEqual(await local.terminate(), 0, local.output)
+
+        proxyLog = proxy.output.decode()
+        self.assertIn(f"forwarding 127.0.0.1:{localPort} -> demo localhost:{echoPort}", proxyLog)
+        self.assertIn(f"to demo localhost:{echoPort} ended", proxyLog)
+        self.assertIn(f"tunnel demo -> localhost:{echoPort} ended", local.output.decode())
+        self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
+
+    async def test_busyPort(self) -> None:
+        """
+        A local port already in use stops sprites-proxy at start-up with a
+        non-zero exit and a one-line message naming the address.
+        """
+        busyPort = await self.echoServer()
+        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL="http://127.0.0.1:1")
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", TWISTD, "-n", "--pidfile=", "sprites-proxy", "-s", "demo", str(busyPort)],
+            env=env,
+            path=ROOT,
+            reactor=reactor,
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(f"sprites-proxy: Couldn't listen on 127.0.0.1:{busyPort}".encode(), err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    async def test_usageError(self) -> None:
+        """
+        Bad input stops twistd before anything runs, with a non-zero exit
+        and a message naming the bad value.
+        """
+        env = childEnvironment(SPRITE_TOKEN=TOKEN)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-c", TWISTD, "-n", "--pidfile=", "sprites-proxy", "-s", "demo", "70000"],
+            env=env,
+            path=ROOT,
+            reactor=reactor,
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"invalid port mapping '70000'", out + err)
