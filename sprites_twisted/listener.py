@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -56,7 +57,7 @@ class _TunnelSide(Pipe):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         Pipe.connectionLost(self, reason)
-        self.local.tunnelClosed()
+        self.local.tunnelClosed(reason)
 
 
 class _TunnelSideFactory(Factory):
@@ -84,6 +85,8 @@ class LocalProxyProtocol(Pipe):
     _failed = False
     _tunnelOpen = False
     _ended = False
+    _brokenBy: Failure | None = None
+    _aborted = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -125,18 +128,23 @@ class LocalProxyProtocol(Pipe):
             self.transport.loseConnection()
         self._maybeEnded()
 
-    def tunnelClosed(self) -> None:
+    def tunnelClosed(self, reason: Failure | None = None) -> None:
         """
         The tunnel's connection is gone (its side of the pipe has already
-        closed ours).
+        closed ours).  C{reason} other than C{ConnectionDone} (an odd close
+        code, a dropped connection, a protocol violation) is logged as a
+        warning when the connection ends.
         """
         self._tunnelOpen = False
+        if reason is not None and not reason.check(ConnectionDone):
+            self._brokenBy = reason
         self._maybeEnded()
 
     def abort(self) -> None:
         """
         Close this connection and its tunnel now, without waiting.
         """
+        self._aborted = True
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.abortConnection()
@@ -203,7 +211,18 @@ class LocalProxyProtocol(Pipe):
             return
         self._ended = True
         peer = self.peer
-        if not self._failed:
+        if self._brokenBy is not None and not (self._failed or self._aborted):
+            self.log.warn(
+                "tunnel from {peer} to {sprite} {target} broke: {error} "
+                "({sent} bytes sent, {received} bytes received)",
+                peer=_describe(self.transport.getPeer() if self.transport else None),
+                sprite=self.factory.spriteName,
+                target=self.factory.target,
+                error=self._brokenBy.getErrorMessage(),
+                sent=self.bytesIn,
+                received=peer.bytesIn if peer is not None else 0,
+            )
+        elif not self._failed:
             self.log.info(
                 "connection from {peer} to {sprite} {target} ended: "
                 "{sent} bytes sent, {received} bytes received, {duration:.3f} s",

@@ -56,14 +56,18 @@ _CLOSED = WebSocketProtocol.STATE_CLOSED
 
 def quietAutobahnLogger() -> Any:
     """
-    A txaio logger for our Autobahn subclasses, pinned at ``info``.
+    A txaio logger for our Autobahn subclasses, pinned at ``error``.
 
     Autobahn logs the whole HTTP upgrade, ``Authorization`` header
     included, at ``debug``.  Pinning the level (``keep=True``) means that
     raising txaio's global level for debugging never prints the token.
+    Its ``warn``/``info`` lines ("dropping connection ... None", "failing
+    WebSocket connection") only repeat, less clearly, what our own loggers
+    report once per tunnel, so they are dropped too; errors and failures
+    (a bug in a callback) still show.
     """
     logger = txaio.make_logger()
-    logger.set_log_level("info", keep=True)
+    logger.set_log_level("error", keep=True)
     return logger
 
 

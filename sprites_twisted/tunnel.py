@@ -482,6 +482,11 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
             )
         if wasClean:
             return Failure(TunnelClosedError(code, reason or "closed before the handshake reply"))
+        if getattr(self, "failedByMe", False) and self.wasNotCleanReason:
+            # Autobahn failed the connection itself (a reply over the size
+            # limit, a protocol violation): say what the server did wrong.
+            why = str(self.wasNotCleanReason).removeprefix("I dropped the WebSocket TCP connection: ")
+            return Failure(HandshakeError(None, why))
         return Failure(TunnelClosedError(code, "connection dropped before the handshake reply"))
 
 

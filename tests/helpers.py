@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -39,6 +39,7 @@ __all__ = [
     "countingSite",
     "connectLocal",
     "openFileDescriptors",
+    "reactorRunning",
 ]
 
 
@@ -313,8 +314,19 @@ class SplitReactor:
 def openFileDescriptors() -> int:
     """
     How many file descriptors this process has open.
+
+    Measure only once the reactor runs (see L{reactorRunning}): starting it
+    opens a pipe for its SIGCHLD waker.
     """
     return len(os.listdir("/proc/self/fd"))
+
+
+def reactorRunning(reactor: Any) -> Deferred[None]:
+    """
+    Fires once C{reactor} is running (a test method starts before trial
+    starts the reactor).
+    """
+    return deferLater(reactor, 0, lambda: None)
 
 
 def gatherAll(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
