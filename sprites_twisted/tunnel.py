@@ -119,7 +119,7 @@ def refusalError(status: int, headers: dict[str, str], body: bytes) -> UpgradeRe
         value = json.loads(body.decode("utf-8"))
         if isinstance(value, dict):
             parsed = value
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         pass
     if parsed:
         m = parsed.get("message")

@@ -79,7 +79,8 @@ def parseInit(payload: bytes) -> Init:
         raise InitError(f"init message larger than {MAX_INIT_SIZE} bytes")
     try:
         message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: a few thousand "[" nest deeper than json allows.
         raise InitError("init message is not JSON") from None
     if not isinstance(message, dict):
         raise InitError("init message is not a JSON object")
@@ -126,7 +127,7 @@ def parseReply(payload: bytes) -> str:
         raise HandshakeError(None, f"reply larger than {MAX_REPLY_SIZE} bytes")
     try:
         reply = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise HandshakeError(None, f"reply is not JSON: {payload[:80]!r}") from None
     if not isinstance(reply, dict):
         raise HandshakeError(None, f"reply is not a JSON object: {payload[:80]!r}")

@@ -2,41 +2,30 @@
 End-to-end tests: ``twistd sprites-local`` and ``twistd sprites-proxy``
 run as real processes on 127.0.0.1, with this checkout's code and plugins.
 
-These are the only tests here that start processes; each waits for
-readiness by polling a connection (a bounded number of times), never by
-sleeping.
+They use the demo's process helpers and wait for readiness by polling a
+connection (a bounded number of times), never by sleeping.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import sys
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from sprites_twisted.demo import TwistdProcess, freePort, waitForPort
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = "from twisted.scripts.twistd import run; run()"
 TOKEN = "e2e-test-token-5ce7b1f0"
 reactor: Any = _globalReactor
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def childEnvironment(**extra: str) -> dict[str, str]:
@@ -50,80 +39,27 @@ def childEnvironment(**extra: str) -> dict[str, str]:
     return env
 
 
-class Twistd(ProcessProtocol):
+def startTwistd(
+    testCase: TestCase, name: str, args: list[str], env: dict[str, str]
+) -> TwistdProcess:
     """
-    A twistd child: collects its output; C{ended} fires with its exit code
-    (or C{-signal}).
+    Start ``twistd -n ARGS`` in a fresh directory; it is stopped (SIGTERM)
+    at the end of the test.
     """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[int] = Deferred()
-        self.exitCode: int | None = None
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        value = reason.value
-        code = value.exitCode if value.exitCode is not None else -value.signal
-        self.exitCode = code
-        self.ended.callback(code)
-
-    def terminate(self) -> Deferred[int]:
-        """
-        Send SIGTERM (once, if still running); fires with the exit code.
-        """
-        if self.exitCode is None and self.transport is not None:
-            self.transport.signalProcess("TERM")
-        return self.ended
-
-
-def startTwistd(testCase: TestCase, args: list[str], env: dict[str, str]) -> Twistd:
-    """
-    Start ``twistd -n`` with C{args}; it is stopped at the end of the test.
-    """
-    proto = Twistd()
+    child = TwistdProcess(name)
     cwd = testCase.mktemp()
     os.makedirs(cwd)
-    reactor.spawnProcess(
-        proto,
-        sys.executable,
-        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args],
-        env=env,
-        path=cwd,
-    )
-
-    def cleanup() -> Deferred[int]:
-        return proto.terminate()
-
-    testCase.addCleanup(cleanup)
-    return proto
+    child.start(reactor, args, env, cwd)
+    testCase.addCleanup(child.terminate)
+    return child
 
 
-async def waitForPort(port: int, *children: Twistd, tries: int = 200) -> None:
+async def run(args: list[str], env: dict[str, str]) -> tuple[bytes, bytes, int]:
     """
-    Poll until 127.0.0.1:C{port} accepts a connection (up to C{tries}
-    attempts 25 ms apart); fail early, with their output, if a child exits.
+    Run ``twistd -n ARGS`` to completion: stdout, stderr, exit code.
     """
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=1)
-    for _ in range(tries):
-        for child in children:
-            if child.exitCode is not None:
-                raise AssertionError(
-                    f"child exited with {child.exitCode}:\n{child.output.decode(errors='replace')}"
-                )
-        try:
-            proto = await connectProtocol(endpoint, Protocol())
-        except ConnectError:
-            await deferLater(reactor, 0.025, lambda: None)
-            continue
-        assert proto.transport is not None
-        proto.transport.loseConnection()
-        return
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {tries} tries")
+    argv = TwistdProcess.commandLine(args)
+    return await getProcessOutputAndValue(argv[0], argv[1:], env=env, path=ROOT, reactor=reactor)
 
 
 class Echo(Protocol):
@@ -188,15 +124,19 @@ class CommandsTests(TestCase):
         apiPort, localPort = freePort(), freePort()
         env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
         local = startTwistd(
-            self, ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"], env
+            self,
+            "sprites-local",
+            ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
+            env,
         )
         proxy = startTwistd(
             self,
+            "sprites-proxy",
             ["sprites-proxy", "-s", "demo", "--drain-timeout", "1", f"{localPort}:{echoPort}"],
             env,
         )
-        await waitForPort(apiPort, local, proxy)
-        await waitForPort(localPort, local, proxy)
+        await waitForPort(reactor, apiPort, [local, proxy])
+        await waitForPort(reactor, localPort, [local, proxy])
 
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
         client = await connectProtocol(endpoint, Collector())
@@ -220,8 +160,8 @@ class CommandsTests(TestCase):
         self.assertEqual(await client.receive(17).addTimeout(5, reactor), b"hello sprite+more")
         # ...and is closed when the drain time is over.
         await client.closed.addTimeout(10, reactor)
-        self.assertEqual(await proxy.ended, 0, proxy.output)
-        self.assertEqual(await local.terminate(), 0, local.output)
+        self.assertEqual(await proxy.ended, 0, proxy.output.decode())
+        self.assertEqual(await local.terminate(), 0, local.output.decode())
 
         proxyLog = proxy.output.decode()
         self.assertIn(f"forwarding 127.0.0.1:{localPort} -> demo localhost:{echoPort}", proxyLog)
@@ -236,13 +176,7 @@ class CommandsTests(TestCase):
         """
         busyPort = await self.echoServer()
         env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL="http://127.0.0.1:1")
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable,
-            ["-c", TWISTD, "-n", "--pidfile=", "sprites-proxy", "-s", "demo", str(busyPort)],
-            env=env,
-            path=ROOT,
-            reactor=reactor,
-        )
+        out, err, code = await run(["sprites-proxy", "-s", "demo", str(busyPort)], env)
         self.assertNotEqual(code, 0)
         self.assertIn(f"sprites-proxy: Couldn't listen on 127.0.0.1:{busyPort}".encode(), err)
         self.assertNotIn(b"Traceback", out + err)
@@ -253,12 +187,6 @@ class CommandsTests(TestCase):
         and a message naming the bad value.
         """
         env = childEnvironment(SPRITE_TOKEN=TOKEN)
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable,
-            ["-c", TWISTD, "-n", "--pidfile=", "sprites-proxy", "-s", "demo", "70000"],
-            env=env,
-            path=ROOT,
-            reactor=reactor,
-        )
+        out, err, code = await run(["sprites-proxy", "-s", "demo", "70000"], env)
         self.assertEqual(code, 1)
         self.assertIn(b"invalid port mapping '70000'", out + err)

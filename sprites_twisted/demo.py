@@ -1,0 +1,344 @@
+# -*- test-case-name: tests.test_demo -*-
+"""
+See a tunnel work, on this machine, with no Sprites account::
+
+    python -m sprites_twisted.demo          # or: make demo
+
+It starts three things on 127.0.0.1, on free ports:
+
+1. ``twistd sprites-local``: the Sprites proxy API, served locally;
+2. a small HTTP service, standing in for a web server inside a sprite;
+3. ``twistd sprites-proxy``: a local port forwarded through a tunnel (a
+   WebSocket to sprites-local) to that service, exactly as it would be
+   forwarded into a real sprite.
+
+It fetches one page through the forwarded port, prints it and the command
+to try by hand, and keeps forwarding until Ctrl-C; then it stops the
+commands (SIGTERM) and waits for them.  ``--once`` stops right after the
+fetch (the tests use it).
+
+The token is generated here and reaches the two commands in their
+environment, never on their command line.  The process helpers below are
+also used by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater, react
+from twisted.python.failure import Failure
+
+__all__ = ["TwistdProcess", "freePort", "waitForPort", "main"]
+
+#: Runs twistd with the interpreter running us, so that the same virtualenv
+#: (and the same sprites_twisted) is used whatever is on PATH.  SIGINT is
+#: ignored: Ctrl-C in a terminal reaches the whole process group, and we
+#: stop the commands ourselves, in order, with SIGTERM (a second signal
+#: would make twistd exit by that signal, mid-drain).
+TWISTD = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "from twisted.scripts.twistd import run; run()"
+)
+PAGE = b"Hello from inside the sprite!\n"
+SPRITE = "demo"
+_LOG_LINE = re.compile(r"^\S+ \[(?P<source>[^\]#]*)(#(?P<level>\w+))?\] (?P<message>.*)$")
+
+
+def freePort() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago (for a child
+    process to listen on).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwistdProcess(ProcessProtocol):
+    """
+    ``twistd -n`` running one of our commands in a child process.
+
+    :ivar output: everything it wrote (stdout and stderr).
+    :ivar ended: fires with its exit code (``-N`` when killed by signal N).
+    :param onLine: called with each line it writes, as it writes it.
+    """
+
+    def __init__(self, name: str, onLine: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+        self.exitCode: int | None = None
+        self._onLine = onLine
+        self._partial = b""
+
+    @staticmethod
+    def commandLine(args: Sequence[str]) -> list[str]:
+        """
+        The argv that runs ``twistd -n ARGS`` without a pid file (so that
+        several can run from one directory).
+        """
+        return [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *args]
+
+    def start(self, reactor: Any, args: Sequence[str], env: dict[str, str], path: str) -> None:
+        """
+        Spawn ``twistd -n ARGS`` with exactly C{env}, in directory C{path}.
+        """
+        argv = self.commandLine(args)
+        reactor.spawnProcess(self, argv[0], argv, env=env, path=path)
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self._onLine is None:
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._onLine(line.decode("utf-8", "replace"))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        value: Any = reason.value  # ProcessDone or ProcessTerminated
+        self.exitCode = value.exitCode if value.exitCode is not None else -value.signal
+        self.ended.callback(self.exitCode)
+
+    def terminate(self) -> Deferred[int]:
+        """
+        Send SIGTERM unless it already exited; fires with the exit code.
+        """
+        if self.exitCode is None and self.transport is not None:
+            try:
+                self.transport.signalProcess("TERM")
+            except ProcessExitedAlready:
+                pass
+        return self.ended
+
+
+async def waitForPort(
+    reactor: Any,
+    port: int,
+    children: Sequence[TwistdProcess] = (),
+    tries: int = 200,
+    interval: float = 0.025,
+) -> None:
+    """
+    Poll until 127.0.0.1:C{port} accepts a connection, at most C{tries}
+    times, C{interval} seconds apart.
+
+    :raises RuntimeError: when it never does, or when one of C{children}
+        exits meanwhile (with what it wrote).
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2)
+    for _ in range(tries):
+        for child in children:
+            if child.exitCode is not None:
+                raise RuntimeError(
+                    f"{child.name} exited with status {child.exitCode}:\n"
+                    + child.output.decode("utf-8", "replace")
+                )
+        try:
+            probe = await connectProtocol(endpoint, Protocol())
+        except ConnectError:
+            await deferLater(reactor, interval, lambda: None)
+            continue
+        # Abort (RST) rather than close: a forwarded port would otherwise
+        # keep the probe's tunnel open a while for a reply (half-close).
+        assert probe.transport is not None
+        probe.transport.abortConnection()
+        return
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {tries} tries")
+
+
+class _Fetch(Protocol):
+    """
+    Sends one HTTP/1.0 request and collects the response until the server
+    closes.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.response = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.response += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(self.response)
+
+
+async def fetch(reactor: Any, port: int) -> bytes:
+    """
+    ``GET /`` from 127.0.0.1:C{port}; the raw response.
+    """
+    request = f"GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    proto = await connectProtocol(endpoint, _Fetch(request))
+    response: bytes = await proto.done.addTimeout(10, reactor)
+    return response
+
+
+async def startDemoService(reactor: Any) -> int:
+    """
+    Serve L{PAGE} over HTTP on a free loopback port (in this process): the
+    service "inside the sprite".  Returns the port.
+    """
+    from twisted.web.server import Site
+    from twisted.web.static import Data
+
+    page = Data(PAGE, "text/plain; charset=utf-8")
+    page.isLeaf = True  # every path gets the page
+    site = Site(page)
+    site.noisy = False
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    return int(listening.getHost().port)
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _childLine(name: str) -> Callable[[str], None]:
+    """
+    Print a child's log line, labelled, without its timestamp: only our
+    own lines and problems, not twistd's start-up chatter.
+    """
+
+    def show(line: str) -> None:
+        match = _LOG_LINE.match(line)
+        if match is None:
+            if line.strip():
+                _say(f"    [{name}] {line}")
+            return
+        ours = match["source"].startswith("sprites_twisted")
+        problem = match["level"] in ("warn", "error", "critical")
+        if ours or problem:
+            _say(f"    [{name}] {match['message']}")
+
+    return show
+
+
+async def run(reactor: Any, once: bool) -> int:
+    """
+    The demo; returns the exit status.
+    """
+    token = secrets.token_urlsafe(24)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env.pop("SPRITES_TOKEN", None)
+    env.update(
+        PYTHONPATH=os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])]),
+        SPRITE_TOKEN=token,
+        PYTHONUNBUFFERED="1",  # their log lines as they happen
+    )
+
+    servicePort = await startDemoService(reactor)
+    apiPort, localPort = freePort(), freePort()
+    env["SPRITES_API_URL"] = f"http://127.0.0.1:{apiPort}"
+    localArgs = ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"]
+    proxyArgs = ["sprites-proxy", "--sprite", SPRITE, f"{localPort}:{servicePort}"]
+
+    _say("sprites-twisted demo: a tunnel into a sprite, all on this machine.")
+    _say()
+    _say(f"  demo service   HTTP on 127.0.0.1:{servicePort}, standing in for a web server")
+    _say(f'                 listening on port {servicePort} inside the sprite "{SPRITE}"')
+    _say(f"  sprites-local  the Sprites API, served on 127.0.0.1:{apiPort}:")
+    _say(f"                 SPRITE_TOKEN=... twistd -n --pidfile= {' '.join(localArgs)}")
+    _say(f"  sprites-proxy  127.0.0.1:{localPort} -> tunnel -> port {servicePort} in the sprite:")
+    _say(
+        f"                 SPRITE_TOKEN=... SPRITES_API_URL=http://127.0.0.1:{apiPort} "
+        f"twistd -n --pidfile= {' '.join(proxyArgs)}"
+    )
+    _say()
+    _say("Their logs, as they come ([name] message):")
+
+    children = [
+        TwistdProcess("sprites-local", _childLine("sprites-local")),
+        TwistdProcess("sprites-proxy", _childLine("sprites-proxy")),
+    ]
+    stopping: list[Deferred[Any]] = []
+
+    async def stopInOrder() -> None:
+        # The proxy first, so that its tunnels end before the server does.
+        for child in reversed(children):
+            await child.terminate()
+        _say(
+            f"Stopped: sprites-proxy exited {children[1].exitCode}, "
+            f"sprites-local exited {children[0].exitCode}."
+        )
+
+    def stopChildren() -> Deferred[Any]:
+        if not stopping:
+            stopping.append(Deferred.fromCoroutine(stopInOrder()))
+        return stopping[0]
+
+    reactor.addSystemEventTrigger("before", "shutdown", stopChildren)
+    workdir = os.getcwd()
+    children[0].start(reactor, localArgs, env, workdir)
+    children[1].start(reactor, proxyArgs, env, workdir)
+
+    try:
+        await waitForPort(reactor, apiPort, children)
+        await waitForPort(reactor, localPort, children)
+        response = await fetch(reactor, localPort)
+    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
+        _say(f"\nThe demo failed: {e}")
+        await stopChildren()
+        return 1
+
+    _say()
+    _say(f"Fetched http://127.0.0.1:{localPort}/ through the tunnel; the response:")
+    _say()
+    for line in response.decode("utf-8", "replace").splitlines():
+        _say(f"  | {line}")
+    _say()
+    if PAGE not in response:
+        _say("That is not the demo page: something is wrong.")
+        await stopChildren()
+        return 1
+    _say("Try it yourself, from another terminal:")
+    _say()
+    _say(f"    curl http://127.0.0.1:{localPort}/")
+    _say()
+    if once:
+        _say("Stopping (--once).")
+    else:
+        _say("Forwarding until Ctrl-C.")
+        await Deferred()  # until Ctrl-C; the shutdown trigger stops the children
+    await stopChildren()
+    return 0 if [child.exitCode for child in children] == [0, 0] else 1
+
+
+async def _main(reactor: Any, *argv: str) -> None:
+    unknown = [a for a in argv if a != "--once"]
+    if unknown:
+        raise SystemExit(f"usage: python -m sprites_twisted.demo [--once]; unknown {unknown[0]!r}")
+    status = await run(reactor, once="--once" in argv)
+    if status:
+        raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run the demo (``python -m sprites_twisted.demo [--once]``).
+    """
+    react(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

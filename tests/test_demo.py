@@ -1,0 +1,86 @@
+"""
+Tests for L{sprites_twisted.demo}, the newcomer's first run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any
+
+from twisted.internet import reactor as _globalReactor
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from sprites_twisted import demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+reactor: Any = _globalReactor
+
+
+class DemoRunTests(TestCase):
+    """
+    The demo as ``make demo`` runs it, with ``--once``.
+    """
+
+    timeout = 30
+
+    async def test_once(self) -> None:
+        """
+        The demo fetches the page through a real tunnel, prints it and the
+        command to try, then stops both commands, which exit 0.
+        """
+        env = {k: v for k, v in os.environ.items() if k not in ("SPRITE_TOKEN", "SPRITES_TOKEN")}
+        env["PYTHONPATH"] = ROOT
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "sprites_twisted.demo", "--once"],
+            env=env,
+            path=cwd,
+            reactor=reactor,
+        )
+        text = out.decode()
+        self.assertEqual(code, 0, text + err.decode())
+        self.assertIn("HTTP/1.0 200 OK", text)
+        self.assertIn("| Hello from inside the sprite!", text)
+        self.assertRegex(text, r"curl http://127\.0\.0\.1:\d+/")
+        self.assertRegex(
+            text, r"\[sprites-proxy\] forwarding 127\.0\.0\.1:\d+ -> demo localhost:\d+"
+        )
+        self.assertIn("Stopped: sprites-proxy exited 0, sprites-local exited 0.", text)
+        self.assertEqual(os.listdir(cwd), [], "the demo must leave no pid or log file behind")
+
+
+class DemoPieceTests(SynchronousTestCase):
+    """
+    The demo's small parts.
+    """
+
+    def test_unknownArgument(self) -> None:
+        """
+        An unknown argument stops the demo with a usage message naming it.
+        """
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(demo._main(None, "--forever")), SystemExit
+        )
+        self.assertIn("'--forever'", str(failure.value))
+
+    def test_childLines(self) -> None:
+        """
+        Children's log lines are shown without timestamps, and twistd's own
+        chatter is left out unless it is a warning or an error.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        show = demo._childLine("sprites-proxy")
+        show("2026-01-01T00:00:00+0000 [sprites_twisted.session.ProxySession#info] forwarding x")
+        show("2026-01-01T00:00:00+0000 [twisted.scripts._twistd_unix.UnixAppLogger#info] starting")
+        show("2026-01-01T00:00:00+0000 [-] Site starting on 1")
+        show("2026-01-01T00:00:00+0000 [stderr#error] oops")
+        self.assertEqual(
+            out.getvalue(), "    [sprites-proxy] forwarding x\n    [sprites-proxy] oops\n"
+        )
