@@ -63,7 +63,7 @@ class SpriteEndpointParser:
         """
         Build the endpoint.
 
-        :raises sprites_twisted.errors.ConfigurationError: (a C{ValueError})
+        :raises sprites_twisted.errors.ConfigurationError: (a ``ValueError``)
             naming the bad value and what is expected.
         """
         from sprites_twisted.config import (

@@ -53,7 +53,7 @@ class TokenOptions(usage.Options):
 
     The token comes from ``--token-file PATH`` or from ``SPRITE_TOKEN``
     (then ``SPRITES_TOKEN``), never from a plain command-line value, which
-    anyone could read in the process list.  It is kept in the C{token}
+    anyone could read in the process list.  It is kept in the ``token``
     attribute, not in the options dictionary, so that printing the options
     cannot show it.
 
@@ -80,7 +80,7 @@ class TokenOptions(usage.Options):
         """
         Read the token from the file given, else from the environment.
 
-        :returns: the token, or C{None} when neither source has one.
+        :returns: the token, or ``None`` when neither source has one.
         :raises usage.UsageError: when the file cannot be read or a token
             is malformed (the message never contains the token).
         """
@@ -138,7 +138,7 @@ class CommandService(MultiService):
 
     def _startFailed(self, error: CannotListenError) -> None:
         """
-        Log C{error}, and make the interpreter print it as one line rather
+        Log ``error``, and make the interpreter print it as one line rather
         than a traceback when twistd lets it escape.
 
         twistd must still see the exception itself, so that it removes its

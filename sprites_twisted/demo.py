@@ -92,7 +92,7 @@ class TwistdProcess(ProcessProtocol):
 
     def start(self, reactor: Any, args: Sequence[str], env: dict[str, str], path: str) -> None:
         """
-        Spawn ``twistd -n ARGS`` with exactly C{env}, in directory C{path}.
+        Spawn ``twistd -n ARGS`` with exactly ``env``, in directory ``path``.
         """
         argv = self.commandLine(args)
         reactor.spawnProcess(self, argv[0], argv, env=env, path=path)
@@ -133,10 +133,10 @@ async def waitForPort(
     interval: float = 0.025,
 ) -> None:
     """
-    Poll until 127.0.0.1:C{port} accepts a connection, at most C{tries}
-    times, C{interval} seconds apart.
+    Poll until 127.0.0.1:``port`` accepts a connection, at most ``tries``
+    times, ``interval`` seconds apart.
 
-    :raises RuntimeError: when it never does, or when one of C{children}
+    :raises RuntimeError: when it never does, or when one of ``children``
         exits meanwhile (with what it wrote).
     """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2)
@@ -184,7 +184,7 @@ class _Fetch(Protocol):
 
 async def fetch(reactor: Any, port: int) -> bytes:
     """
-    ``GET /`` from 127.0.0.1:C{port}; the raw response.
+    ``GET /`` from 127.0.0.1:``port``; the raw response.
     """
     request = f"GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
@@ -195,7 +195,7 @@ async def fetch(reactor: Any, port: int) -> bytes:
 
 async def startDemoService(reactor: Any) -> int:
     """
-    Serve L{PAGE} over HTTP on a free loopback port (in this process): the
+    Serve :data:`PAGE` over HTTP on a free loopback port (in this process): the
     service "inside the sprite".  Returns the port.
     """
     from twisted.web.server import Site

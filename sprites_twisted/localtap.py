@@ -43,9 +43,9 @@ class Options(TokenOptions):
     """
     Command-line options of ``twistd sprites-local``.
 
-    After parsing: C{self["listen"]}, C{self.sprites} (names, or C{None}
-    for any), C{self.allow} (extra targets), C{self["max-tunnels"]} (an
-    int) and C{self.token}; C{self.tokenGenerated} is true when no token was
+    After parsing: ``self["listen"]``, ``self.sprites`` (names, or ``None``
+    for any), ``self.allow`` (extra targets), ``self["max-tunnels"]`` (an
+    int) and ``self.token``; ``self.tokenGenerated`` is true when no token was
     given and one was made up.
     """
 
@@ -146,8 +146,8 @@ class Options(TokenOptions):
 
 def _listenInterface(description: str) -> str | None:
     """
-    The ``interface=`` of a ``tcp:``/``ssl:`` endpoint string, C{""} when it
-    has none (all interfaces), C{None} when it is another kind of endpoint.
+    The ``interface=`` of a ``tcp:``/``ssl:`` endpoint string, ``""`` when it
+    has none (all interfaces), ``None`` when it is another kind of endpoint.
     """
     kind = description.split(":", 1)[0].lower()
     if kind not in ("tcp", "tcp6", "ssl"):
@@ -164,7 +164,7 @@ def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) 
     ``--listen`` endpoint, through ``strports.service`` so that a busy port
     stops start-up.
 
-    A generated token is written to C{stdout} here, once: it is the only
+    A generated token is written to ``stdout`` here, once: it is the only
     place a token is ever shown, because the user needs it to connect.
     """
     server = LocalSpriteServer(

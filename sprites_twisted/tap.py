@@ -44,10 +44,10 @@ class Options(TokenOptions):
     """
     Command-line options of ``twistd sprites-proxy``.
 
-    After parsing: C{self["sprite"]}, C{self["api-url"]} (resolved),
-    C{self["bind"]} (no brackets), the timeouts as floats, C{self.mappings}
+    After parsing: ``self["sprite"]``, ``self["api-url"]`` (resolved),
+    ``self["bind"]`` (no brackets), the timeouts as floats, ``self.mappings``
     (a list of :class:`~sprites_twisted.mapping.PortMapping`),
-    C{self.trustRoot} and C{self.token}.
+    ``self.trustRoot`` and ``self.token``.
     """
 
     synopsis = "[options] [MAPPING ...]"
@@ -173,9 +173,9 @@ class Options(TokenOptions):
 
 def _checkBind(value: str) -> str:
     """
-    The C{--bind} address without brackets.
+    The ``--bind`` address without brackets.
 
-    :raises usage.UsageError: naming C{value} when it is not an IP address.
+    :raises usage.UsageError: naming ``value`` when it is not an IP address.
     """
     address = value.strip()
     if address.startswith("[") and address.endswith("]"):
@@ -196,7 +196,7 @@ def _makeService(options: Options, reactor: Any) -> ProxyManager:
     mapping, in the order given.
 
     Each session raises a synchronous listen failure (a busy port) from
-    C{startService} instead of only logging it, so that twistd stops at
+    ``startService`` instead of only logging it, so that twistd stops at
     start-up.
     """
     apiURL = options["api-url"]
