@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -148,7 +148,7 @@ async def listen(
 
     async def cleanup() -> None:
         await tracked.whenIdle()
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
 
     testCase.addCleanup(lambda: Deferred.fromCoroutine(cleanup()))
     return port, tracked
