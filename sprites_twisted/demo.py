@@ -292,6 +292,7 @@ async def run(reactor: Any, once: bool) -> int:
     children[0].start(reactor, localArgs, env, workdir)
     children[1].start(reactor, proxyArgs, env, workdir)
 
+    _say(f"Waiting until 127.0.0.1:{localPort} answers (the demo checks with an empty connection).")
     try:
         await waitForPort(reactor, apiPort, children)
         await waitForPort(reactor, localPort, children)

@@ -116,12 +116,12 @@ class CommandsTests(TestCase):
     async def test_forwardAndStop(self) -> None:
         """
         Bytes go through sprites-proxy and sprites-local to a local service;
-        on SIGTERM the proxy stops listening at once, lets an open
+        a tunnel the server refuses is logged with its reason; on SIGTERM the proxy stops listening at once, lets an open
         connection go on until the drain timeout, then closes it, and both
         commands exit 0; neither ever prints the token.
         """
         echoPort = await self.echoServer()
-        apiPort, localPort = freePort(), freePort()
+        apiPort, localPort, deadLocal, deadPort = freePort(), freePort(), freePort(), freePort()
         env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
         local = startTwistd(
             self,
@@ -132,11 +132,27 @@ class CommandsTests(TestCase):
         proxy = startTwistd(
             self,
             "sprites-proxy",
-            ["sprites-proxy", "-s", "demo", "--drain-timeout", "1", f"{localPort}:{echoPort}"],
+            [
+                "sprites-proxy",
+                "-s",
+                "demo",
+                "--drain-timeout",
+                "1",
+                f"{localPort}:{echoPort}",
+                f"{deadLocal}:{deadPort}",  # nothing listens on deadPort
+            ],
             env,
         )
         await waitForPort(reactor, apiPort, [local, proxy])
         await waitForPort(reactor, localPort, [local, proxy])
+        await waitForPort(reactor, deadLocal, [local, proxy])
+
+        # A tunnel the server refuses closes that connection only.
+        dead = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", deadLocal), Collector()
+        )
+        await dead.closed.addTimeout(5, reactor)
+        self.assertEqual(dead.received, b"")
 
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", localPort)
         client = await connectProtocol(endpoint, Collector())
@@ -166,6 +182,11 @@ class CommandsTests(TestCase):
         proxyLog = proxy.output.decode()
         self.assertIn(f"forwarding 127.0.0.1:{localPort} -> demo localhost:{echoPort}", proxyLog)
         self.assertIn(f"to demo localhost:{echoPort} ended", proxyLog)
+        self.assertRegex(
+            proxyLog,
+            rf"tunnel from 127\.0\.0\.1:\d+ to demo localhost:{deadPort} failed: .*"
+            rf"cannot connect to localhost:{deadPort}",
+        )
         self.assertIn(f"tunnel demo -> localhost:{echoPort} ended", local.output.decode())
         self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 

@@ -378,6 +378,19 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(endpoint._timeout, 7.0)
         self.assertEqual(session.drainTimeout, 2.0)
 
+    def test_caFileReachesTunnels(self) -> None:
+        """
+        The trust root loaded from --ca-file is the one the tunnels verify
+        the API's certificate against.
+        """
+        args = ["-s", "db", "--api-url", "https://sprites.example", "--ca-file", CA_FILE, "80"]
+        options = parse(args)
+        manager = _makeService(options, self.reactor)
+        endpoint = list(manager)[0].factory.endpoint
+        self.assertIsNotNone(options.trustRoot)
+        self.assertIs(endpoint._trustRoot, options.trustRoot)
+        self.assertEqual(endpoint.url, "wss://sprites.example/v1/sprites/db/proxy")
+
     def test_sessionsRaiseListenFailures(self) -> None:
         """
         Sessions are set to raise a synchronous listen failure, so that a
