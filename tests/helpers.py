@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -38,6 +38,7 @@ __all__ = [
     "listen",
     "countingSite",
     "connectLocal",
+    "roundTrip",
     "openFileDescriptors",
     "reactorRunning",
 ]
@@ -179,7 +180,7 @@ class LocalClient(Protocol):
                 still.append((size, d))
         self._wanted = still
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for _, d in self._wanted:
             d.errback(reason)
         self._wanted = []
@@ -231,6 +232,19 @@ def connectLocal(reactor: Any, port: int) -> Deferred[LocalClient]:
     Connect a L{LocalClient} to 127.0.0.1:C{port}.
     """
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), LocalClient())
+
+
+async def roundTrip(reactor: Any, port: int, payload: bytes) -> bytes:
+    """
+    One local connection to 127.0.0.1:C{port} through an echoing tunnel:
+    send C{payload}, return what came back once all of it did, close.
+    """
+    local = await connectLocal(reactor, port)
+    local.transport.write(payload)
+    echoed = await local.whenReceived(len(payload))
+    local.transport.loseConnection()
+    await local.closed
+    return echoed
 
 
 @implementer(ILogObserver)

@@ -90,9 +90,7 @@ class _Authority:
             .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        return ServerCertificate(
-            _pem(key) + certificate.public_bytes(serialization.Encoding.PEM)
-        )
+        return ServerCertificate(_pem(key) + certificate.public_bytes(serialization.Encoding.PEM))
 
     def pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
@@ -154,7 +152,7 @@ def sharedPKI() -> PKI:
     """
     The process-wide test PKI (generated on first use).
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     trusted = _Authority.create("sprites-twisted test CA", now)
     other = _Authority.create("some other CA", now)
     return PKI(

@@ -31,6 +31,7 @@ from tests.helpers import (
     listen,
     openFileDescriptors,
     reactorRunning,
+    roundTrip,
 )
 
 reactor: Any = _globalReactor
@@ -81,12 +82,7 @@ class FaultsMixin:
         """
         One connection: send C{payload}, get it echoed, close.
         """
-        local = await connectLocal(reactor, session.localPort)
-        local.transport.write(payload)
-        echoed = await local.whenReceived(len(payload))
-        local.transport.loseConnection()
-        await local.closed
-        return echoed
+        return await roundTrip(reactor, session.localPort, payload)
 
 
 class SpriteRestartTests(FaultsMixin, TestCase):

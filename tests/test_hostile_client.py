@@ -154,7 +154,9 @@ class HostileClientTests(SynchronousTestCase):
             def dataReceived(self, data: bytes) -> None:
                 received.append(data)
 
-        d = self.sprite.client().proxySocket("tcp", "demo", "localhost:5432", Factory.forProtocol(Client))
+        d = self.sprite.client().proxySocket(
+            "tcp", "demo", "localhost:5432", Factory.forProtocol(Client)
+        )
         d.addBoth(results.append)
         self.sprite.flush()
         self.assertIsInstance(results[0], Client)
@@ -308,8 +310,11 @@ class HostileClientTests(SynchronousTestCase):
         """
         held = [self.rawTunnel() for _ in range(3)]
         self.assertEqual([c.status for c in held], [101, 101, 101])
-        status, headers, body = request(self.sprite, b"/v1/sprites/demo/proxy", {
-            **UPGRADE, b"Authorization": b"Bearer " + TEST_TOKEN.encode()})
+        status, headers, body = request(
+            self.sprite,
+            b"/v1/sprites/demo/proxy",
+            {**UPGRADE, b"Authorization": b"Bearer " + TEST_TOKEN.encode()},
+        )
         self.assertEqual(status, 429)
         self.assertEqual(headers[b"retry-after"], b"1")
         self.assertEqual(json.loads(body)["retry_after_seconds"], 1)

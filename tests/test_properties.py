@@ -23,7 +23,9 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 jsonScalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 jsonValues = st.recursive(
     jsonScalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 hosts = (
@@ -102,8 +104,15 @@ class ParseReplyTests(SynchronousTestCase):
         self.assertIsInstance(target, str)
 
     @FAST
-    @given(st.integers(100, 599), payloads, st.dictionaries(st.sampled_from(
-        ["retry-after", "transfer-encoding", "content-type"]), st.text(max_size=20), max_size=3))
+    @given(
+        st.integers(100, 599),
+        payloads,
+        st.dictionaries(
+            st.sampled_from(["retry-after", "transfer-encoding", "content-type"]),
+            st.text(max_size=20),
+            max_size=3,
+        ),
+    )
     @example(429, b"[" * 8000, {})
     def test_refusalAlwaysTyped(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         """
@@ -143,7 +152,10 @@ class ParseMappingTests(SynchronousTestCase):
         self.assertEqual(PortMapping(*mapping.__dict__.values()), mapping)
 
     @FAST
-    @given(st.text(max_size=30) | st.from_regex(r"\A(\[[0-9a-f:]{0,10}\]|[a-z0-9.]{0,10}):[0-9]{0,6}\Z"))
+    @given(
+        st.text(max_size=30)
+        | st.from_regex(r"\A(\[[0-9a-f:]{0,10}\]|[a-z0-9.]{0,10}):[0-9]{0,6}\Z")
+    )
     @example("[::1]:22")
     @example(":5432")
     def test_addressOrAddressError(self, text: str) -> None:
@@ -169,7 +181,9 @@ class ParseAPIURLTests(SynchronousTestCase):
         | st.builds(
             lambda scheme, host, rest: f"{scheme}://{host}{rest}",
             st.sampled_from(["http", "https", "ws", "wss", "ftp", "HTTPS", ""]),
-            st.sampled_from(["localhost", "127.0.0.1", "[::1]", "api.sprites.dev", "10.0.0.1", "", "[::"]),
+            st.sampled_from(
+                ["localhost", "127.0.0.1", "[::1]", "api.sprites.dev", "10.0.0.1", "", "[::"]
+            ),
             st.text(max_size=12),
         ),
         st.booleans(),

@@ -126,7 +126,9 @@ class TokenSecrecyTests(TestCase):
         session = await notFound.proxyPort("nope", 0, echoPort)
         self.addCleanup(session.close)
         await (await connectLocal(reactor, session.localPort)).closed
-        d = notFound.proxySocket("tcp", "nope", f"127.0.0.1:{echoPort}", Factory.forProtocol(Protocol))
+        d = notFound.proxySocket(
+            "tcp", "nope", f"127.0.0.1:{echoPort}", Factory.forProtocol(Protocol)
+        )
         try:
             await d
         except SpriteNotFoundError:

@@ -27,6 +27,7 @@ from tests.helpers import (
     countingSite,
     echoFactory,
     listen,
+    roundTrip,
 )
 from tests.pki import ServerCertificate, sharedPKI
 
@@ -75,12 +76,7 @@ class TLSTestMixin:
         """
         session = await client.proxyPort("demo", 0, self.echoPort, "127.0.0.1")
         self.addCleanup(session.close)
-        local = await connectLocal(reactor, session.localPort)
-        local.transport.write(payload)
-        echoed = await local.whenReceived(len(payload))
-        local.transport.loseConnection()
-        await local.closed
-        return echoed
+        return await roundTrip(reactor, session.localPort, payload)
 
 
 class TrustedCertificateTests(TLSTestMixin, TestCase):
@@ -137,7 +133,9 @@ class VerificationFailureTests(TLSTestMixin, TestCase):
         """
         port, tracked = await self.startTLSServer(certificate)
         client = self.tlsClient(url.format(port=port), **options)
-        d = client.proxySocket("tcp", "demo", f"127.0.0.1:{self.echoPort}", Factory.forProtocol(Protocol))
+        d = client.proxySocket(
+            "tcp", "demo", f"127.0.0.1:{self.echoPort}", Factory.forProtocol(Protocol)
+        )
         error = await self.assertFailure(d, TLSVerificationError)
         self.assertEqual(tracked.accepted, 1)
         self.assertEqual(self.requests.requests, [])
