@@ -49,6 +49,7 @@ from twisted.web.server import Site
 
 from sprites_twisted.relay import (
     Pipe,
+    SharedOptionsFactoryMixin,
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
@@ -368,7 +369,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
             self._maybeEnded()
 
 
-class ProxyServerFactory(WebSocketServerFactory):  # type: ignore[misc]
+class ProxyServerFactory(SharedOptionsFactoryMixin, WebSocketServerFactory):  # type: ignore[misc]
     """
     Autobahn server factory for the tunnels of one L{LocalSpriteServer}.
     Autobahn's timers (global reactor) are off; ours use the server's

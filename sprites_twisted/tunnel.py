@@ -39,6 +39,7 @@ from sprites_twisted.errors import (
     UpgradeRefusedError,
 )
 from sprites_twisted.relay import (
+    SharedOptionsFactoryMixin,
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
@@ -490,7 +491,7 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         return Failure(TunnelClosedError(code, "connection dropped before the handshake reply"))
 
 
-class TunnelClientFactory(WebSocketClientFactory):  # type: ignore[misc]
+class TunnelClientFactory(SharedOptionsFactoryMixin, WebSocketClientFactory):  # type: ignore[misc]
     """
     The Autobahn client factory for one sprite proxy URL, shared by all
     tunnels of an endpoint.
