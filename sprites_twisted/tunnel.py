@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import parseHttpHeader
+from autobahn.websocket.types import ConnectingRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -386,6 +387,30 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
             return
         status, headers, bodyStart = self._refusal
         self._fail(refusalError(status, headers, self.data[bodyStart:]))
+
+    def startHandshake(self) -> Any:
+        """
+        Send the HTTP upgrade request, as Autobahn does, minus the debug
+        line it formats (C{pformat} of the transport details) even when
+        debug logging is off: a tenth of a tunnel's setup CPU.  Falls back
+        to Autobahn's own when its internals differ.
+        """
+        send = getattr(self, "_actuallyStartHandshake", None)
+        if send is None or type(self).onConnecting is not WebSocketClientProtocol.onConnecting:
+            return super().startHandshake()
+        f = self.factory
+        send(
+            ConnectingRequest(
+                host=f.host,
+                port=f.port,
+                resource=f.resource,
+                headers=f.headers,
+                useragent=f.useragent,
+                origin=f.origin,
+                protocols=f.protocols,
+            )
+        )
+        return None
 
     def onOpen(self) -> None:
         self._state = _AWAITING
