@@ -15,9 +15,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL
+from sprites_twisted.config import checkSpriteName, checkToken, isLoopbackHost, parseAPIURL
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
 from sprites_twisted.errors import AddressError, MappingError
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
@@ -46,6 +47,8 @@ class SpritesClient:
     :raises ConfigurationError: for a missing/invalid token or a bad URL.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         reactor: Any,
@@ -63,7 +66,14 @@ class SpritesClient:
         self._reactor = reactor
         self._token = checkToken(token)
         self.baseURL = baseURL.rstrip("/")
-        parseAPIURL(self.baseURL, allowInsecure=allowInsecure)
+        api = parseAPIURL(self.baseURL, allowInsecure=allowInsecure)
+        if not api.secure and not isLoopbackHost(api.host):
+            self.log.warn(
+                "the Sprites API URL {url} is not encrypted: the token and all tunnelled "
+                "data travel in clear text to {host}",
+                url=self.baseURL,
+                host=api.host,
+            )
         self.handshakeTimeout = handshakeTimeout
         self.lingerTimeout = lingerTimeout
         self.drainTimeout = drainTimeout

@@ -123,6 +123,8 @@ def parseAPIURL(url: str, *, allowInsecure: bool = False) -> APIEndpoint:
         )
     if port is None:
         port = 443 if secure else 80
+    elif port == 0:
+        raise ConfigurationError(f"API URL {url!r} has port 0; expected 1..65535")
     return APIEndpoint(secure, host, port, parts.path.rstrip("/"))
 
 

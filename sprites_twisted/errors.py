@@ -25,6 +25,7 @@ __all__ = [
     "TunnelError",
     "APIUnreachableError",
     "TLSVerificationError",
+    "TLSHandshakeError",
     "UpgradeRefusedError",
     "SpriteAuthError",
     "SpriteNotFoundError",
@@ -138,6 +139,26 @@ class TLSVerificationError(TunnelError):
         self.reason = reason
         super().__init__(
             f"TLS certificate verification failed for {host}: {_shorten(reason)}"
+        )
+
+
+class TLSHandshakeError(TunnelError):
+    """
+    The TLS handshake with the API failed before any certificate was
+    presented: the server does not speak TLS at that address (a ``wss://``
+    or ``https://`` URL pointing at a plain-text port), or it broke the
+    handshake.  The token was not sent.
+
+    :ivar host: the API host.
+    :ivar reason: what OpenSSL reported.
+    """
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            f"TLS handshake with {host} failed (does the server speak TLS on that "
+            f"port?): {_shorten(reason)}"
         )
 
 

@@ -26,7 +26,6 @@ from sprites_twisted.client import SpritesClient
 from sprites_twisted.config import (
     apiURLFromEnvironment,
     checkSpriteName,
-    isLoopbackHost,
     parseAPIURL,
 )
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, loadTrustRoot
@@ -206,14 +205,8 @@ def _makeService(options: Options, reactor: Any) -> ProxyManager:
             "can read it controls your sprites (chmod 600 it)",
             path=options["token-file"],
         )
-    api = parseAPIURL(apiURL, allowInsecure=True)
-    if not api.secure and not isLoopbackHost(api.host):
-        log.warn(
-            "the API URL {url} is not encrypted: the token travels in clear text "
-            "to {host} (--allow-insecure)",
-            url=apiURL,
-            host=api.host,
-        )
+    # SpritesClient logs the warning for a plain-text URL to another host
+    # (allowed here by --allow-insecure).
     client = SpritesClient(
         reactor,
         options.token or "",

@@ -35,6 +35,7 @@ from sprites_twisted.errors import (
     SpriteAuthError,
     SpriteNotFoundError,
     SpriteServerError,
+    TLSHandshakeError,
     TLSVerificationError,
     TunnelClosedError,
     UpgradeRefusedError,
@@ -215,6 +216,16 @@ def _chainProblem(transport: Any) -> str | None:
     except Exception:  # noqa: BLE001 - diagnosis only; the caller falls back
         return None
     return None
+
+
+def _peerSentCertificate(transport: Any) -> bool:
+    """
+    Did the TLS peer present a certificate before the handshake failed?
+    """
+    try:
+        return bool(transport.getHandle().get_peer_cert_chain())
+    except Exception:  # noqa: BLE001 - no TLS handle: assume it did
+        return True
 
 
 def _tlsReason(reason: Failure, transport: Any = None, host: str = "") -> str:
@@ -498,6 +509,10 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
             assert lost is not None
             host = self.attempt.apiHost
             reason = _tlsReason(lost, self.transport, host)
+            if not _peerSentCertificate(self.transport):
+                # No certificate at all: not a verification failure but a
+                # peer that does not speak TLS (or broke the handshake).
+                return Failure(TLSHandshakeError(host, reason))
             return Failure(TLSVerificationError(host, reason))
         if state == _UPGRADING:
             why = getattr(self, "wasNotCleanReason", None) or (

@@ -81,7 +81,7 @@ class APIURLTests(SynchronousTestCase):
         Unknown schemes, missing hosts and credentials are refused, naming
         the URL.
         """
-        for url in ["ftp://x", "https://", "https://u:p@x", "https://x?q=1", "nope", ""]:
+        for url in ["ftp://x", "https://", "https://u:p@x", "https://x?q=1", "nope", "", "https://x:0"]:
             with self.assertRaises(ConfigurationError, msg=url):
                 parseAPIURL(url)
 

@@ -329,6 +329,20 @@ class ClientTests(SynchronousTestCase):
             ConfigurationError, SpritesClient, MemoryReactorClock(), "t", "http://example.com"
         )
 
+    def test_insecureURLWarns(self) -> None:
+        """
+        An explicitly allowed plain-text URL to another host logs a warning
+        (without the token); a loopback one does not.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        SpritesClient(MemoryReactorClock(), TEST_TOKEN, "http://127.0.0.1:8900")
+        self.assertEqual([e for e in events if e["log_level"].name == "warn"], [])
+        SpritesClient(MemoryReactorClock(), TEST_TOKEN, "http://example.com", allowInsecure=True)
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["host"], "example.com")
+        self.assertNotIn(TEST_TOKEN, repr(warnings[0]))
+
     def test_proxySocketNetwork(self) -> None:
         """
         Only tcp is supported.

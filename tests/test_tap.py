@@ -452,6 +452,7 @@ class MakeServiceTests(SynchronousTestCase):
         warnings = self.messages(LogLevel.warn)
         self.assertEqual(len(warnings), 1)
         self.assertIn("http://10.1.2.3:8900 is not encrypted", warnings[0])
+        self.assertIn("clear text", warnings[0])
 
     def test_exposedTokenFileWarns(self) -> None:
         """

@@ -249,3 +249,38 @@ class TrustRootArgumentTests(TestCase):
                 "s",
                 1,
             )
+
+
+class PlainServerTests(TestCase):
+    """
+    A wss:// URL pointing at a server that does not speak TLS.
+    """
+
+    async def test_plainTextServer(self) -> None:
+        """
+        A plain-text answer to the TLS hello is a TLSHandshakeError saying
+        the server may not speak TLS there; the token is not sent.
+        """
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        from sprites_twisted.errors import TLSHandshakeError
+
+        received: list[bytes] = []
+
+        class PlainHTTP(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+                self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                self.transport.loseConnection()
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(PlainHTTP)
+        )
+        self.addCleanup(port.stopListening)
+        client = SpritesClient(reactor, TOKEN, f"wss://127.0.0.1:{port.getHost().port}")
+        d = client.proxySocket("tcp", "demo", "127.0.0.1:1", Factory.forProtocol(Protocol))
+        error = await self.assertFailure(d, TLSHandshakeError)
+        self.assertIn("does the server speak TLS", str(error))
+        self.assertIn("127.0.0.1", str(error))
+        self.assertTrue(received)
+        self.assertNotIn(TOKEN.encode(), b"".join(received))
