@@ -25,7 +25,7 @@ $(VENV)/.installed-%: $(VENV)/.created $(SOURCES)
 venv: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
-	$(PY) -m twisted.trial --reporter=summary tests
+	$(PY) -m twisted.trial --reporter=text tests
 
 demo: $(VENV)/.installed-test
 	$(PY) -m sprites_twisted.demo
