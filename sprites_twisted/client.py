@@ -258,7 +258,9 @@ class Sprite:
         """
         return self.client.proxyPort(self.name, localPort, remotePort, remoteHost, **kw)
 
-    def proxyPorts(self, mappings: Sequence[PortMapping], **kw: Any) -> Deferred[list[ProxySession]]:
+    def proxyPorts(
+        self, mappings: Sequence[PortMapping], **kw: Any
+    ) -> Deferred[list[ProxySession]]:
         """
         See L{SpritesClient.proxyPorts}.
         """

@@ -112,9 +112,7 @@ def parseAPIURL(url: str, *, allowInsecure: bool = False) -> APIEndpoint:
     if not host:
         raise ConfigurationError(f"API URL {url!r} has no host")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigurationError(
-            f"API URL {url!r} must not carry a query, fragment or credentials"
-        )
+        raise ConfigurationError(f"API URL {url!r} must not carry a query, fragment or credentials")
     if not secure and not allowInsecure and not isLoopbackHost(host):
         raise ConfigurationError(
             f"API URL {url!r} is not encrypted and {host} is not a loopback address: "
@@ -170,9 +168,7 @@ def checkToken(token: object) -> str:
         would break (or inject into) the HTTP header.
     """
     if not isinstance(token, str) or not token.strip():
-        raise ConfigurationError(
-            "no Sprites token: set SPRITE_TOKEN (or use --token-file PATH)"
-        )
+        raise ConfigurationError("no Sprites token: set SPRITE_TOKEN (or use --token-file PATH)")
     token = token.strip()
     if any(ord(c) < 0x21 or ord(c) > 0x7E for c in token):
         raise ConfigurationError(

@@ -137,9 +137,7 @@ class TLSVerificationError(TunnelError):
     def __init__(self, host: str, reason: str) -> None:
         self.host = host
         self.reason = reason
-        super().__init__(
-            f"TLS certificate verification failed for {host}: {_shorten(reason)}"
-        )
+        super().__init__(f"TLS certificate verification failed for {host}: {_shorten(reason)}")
 
 
 class TLSHandshakeError(TunnelError):

@@ -137,9 +137,7 @@ class Options(TokenOptions):
 
     def postOptions(self) -> None:
         if not self["sprite"]:
-            raise usage.UsageError(
-                "--sprite NAME is required: the sprite to forward into"
-            )
+            raise usage.UsageError("--sprite NAME is required: the sprite to forward into")
         try:
             checkSpriteName(self["sprite"])
         except ConfigurationError as e:
@@ -149,9 +147,7 @@ class Options(TokenOptions):
                 "nothing to forward: give one or more mappings, e.g. --map 8080:80 or 5432"
             )
         self["bind"] = _checkBind(self["bind"])
-        self["handshake-timeout"] = positiveNumber(
-            "handshake-timeout", self["handshake-timeout"]
-        )
+        self["handshake-timeout"] = positiveNumber("handshake-timeout", self["handshake-timeout"])
         self["drain-timeout"] = positiveNumber(
             "drain-timeout", self["drain-timeout"], allowZero=True
         )

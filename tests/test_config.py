@@ -42,9 +42,7 @@ class APIURLTests(SynchronousTestCase):
         http to loopback maps to ws with its port.
         """
         api = parseAPIURL("http://127.0.0.1:8900/")
-        self.assertEqual(
-            api.webSocketURL(proxyPath("s")), "ws://127.0.0.1:8900/v1/sprites/s/proxy"
-        )
+        self.assertEqual(api.webSocketURL(proxyPath("s")), "ws://127.0.0.1:8900/v1/sprites/s/proxy")
         self.assertFalse(api.secure)
 
     def test_trailingSlashAndBasePath(self) -> None:
@@ -81,7 +79,15 @@ class APIURLTests(SynchronousTestCase):
         Unknown schemes, missing hosts and credentials are refused, naming
         the URL.
         """
-        for url in ["ftp://x", "https://", "https://u:p@x", "https://x?q=1", "nope", "", "https://x:0"]:
+        for url in [
+            "ftp://x",
+            "https://",
+            "https://u:p@x",
+            "https://x?q=1",
+            "nope",
+            "",
+            "https://x:0",
+        ]:
             with self.assertRaises(ConfigurationError, msg=url):
                 parseAPIURL(url)
 

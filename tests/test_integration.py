@@ -23,7 +23,12 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from sprites_twisted import PortMapping, ProxyManager, SpritesClient
-from sprites_twisted.errors import HandshakeError, SpriteAuthError, SpriteNotFoundError, TunnelTimeoutError
+from sprites_twisted.errors import (
+    HandshakeError,
+    SpriteAuthError,
+    SpriteNotFoundError,
+    TunnelTimeoutError,
+)
 from sprites_twisted.server import LocalSpriteServer
 from tests import wsfake
 
@@ -243,7 +248,9 @@ class RelayTests(TestCase):
         self.assertEqual(await target.done, hashlib.sha256(up).hexdigest())
         await local.receivedAtLeast(len(down))
         self.assertEqual(local.count, len(down))
-        self.assertEqual(hashlib.sha256(b"".join(local.received)).digest(), hashlib.sha256(down).digest())
+        self.assertEqual(
+            hashlib.sha256(b"".join(local.received)).digest(), hashlib.sha256(down).digest()
+        )
         local.transport.loseConnection()
         await local.lost
 
@@ -258,11 +265,13 @@ class RelayTests(TestCase):
         payloads = [os.urandom(20000) + b"%d" % i for i in range(100)]
         clients = [Tracked() for _ in payloads]
         await gatherResults([Deferred.fromCoroutine(h.dial(session, c)) for c in clients])
-        for c, p in zip(clients, payloads):
+        for c, p in zip(clients, payloads, strict=True):
             c.transport.write(p)
 
-        await gatherResults([c.receivedAtLeast(len(p)) for c, p in zip(clients, payloads)])
-        for c, p in zip(clients, payloads):
+        await gatherResults(
+            [c.receivedAtLeast(len(p)) for c, p in zip(clients, payloads, strict=True)]
+        )
+        for c, p in zip(clients, payloads, strict=True):
             self.assertEqual(b"".join(c.received), p)
             c.transport.loseConnection()
         await gatherResults([c.lost for c in clients])
@@ -384,9 +393,7 @@ class RefusalTests(TestCase):
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def warnings(self) -> list[str]:
-        return [
-            e["error"] for e in self.events if e["log_level"].name == "warn" and "error" in e
-        ]
+        return [e["error"] for e in self.events if e["log_level"].name == "warn" and "error" in e]
 
     async def roundTrip(self, h: Harness, session: Any) -> bytes:
         local = Tracked()
@@ -442,7 +449,7 @@ class RefusalTests(TestCase):
         await probe.stopListening()
         session = await h.forward(remotePort=freePort)
         await self.refusedConnection(h, session)
-        self.assertIn("cannot connect to localhost:%d" % freePort, self.warnings()[0])
+        self.assertIn(f"cannot connect to localhost:{freePort}", self.warnings()[0])
         late = await TCP4ServerEndpoint(reactor, freePort, interface="127.0.0.1").listen(
             TrackingFactory(EchoTarget)
         )
@@ -457,11 +464,15 @@ class RefusalTests(TestCase):
         await h.start(sprites=["demo"])
         port = h.targetPort.getHost().port
         with self.assertRaises(SpriteAuthError):
-            await h.client(token="bad").proxySocket("tcp", "demo", f":{port}", Factory.forProtocol(Protocol))
+            await h.client(token="bad").proxySocket(
+                "tcp", "demo", f":{port}", Factory.forProtocol(Protocol)
+            )
         with self.assertRaises(SpriteNotFoundError):
             await h.client().proxySocket("tcp", "nope", f":{port}", Factory.forProtocol(Protocol))
         with self.assertRaises(HandshakeError):
-            await h.client().proxySocket("tcp", "demo", "10.255.255.1:1", Factory.forProtocol(Protocol))
+            await h.client().proxySocket(
+                "tcp", "demo", "10.255.255.1:1", Factory.forProtocol(Protocol)
+            )
 
     async def test_scriptedServerFailures(self) -> None:
         """
@@ -475,8 +486,12 @@ class RefusalTests(TestCase):
         api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(switch)
         self.addCleanup(api.stopListening)
         client = SpritesClient(
-            reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}",
-            handshakeTimeout=0.5, drainTimeout=0, lingerTimeout=0.5,
+            reactor,
+            TOKEN,
+            f"http://127.0.0.1:{api.getHost().port}",
+            handshakeTimeout=0.5,
+            drainTimeout=0,
+            lingerTimeout=0.5,
         )
         session = await client.proxyPort("demo", 0, h.targetPort.getHost().port)
         h.cleanups.append(session.close)
@@ -526,7 +541,11 @@ class SessionLifecycleTests(TestCase):
         with self.assertRaises(CannotListenError) as ctx:
             await h.client().proxyPorts(
                 "demo",
-                [PortMapping(freePort, remote), PortMapping(takenPort, remote), PortMapping(0, remote)],
+                [
+                    PortMapping(freePort, remote),
+                    PortMapping(takenPort, remote),
+                    PortMapping(0, remote),
+                ],
             )
         self.assertIn(str(takenPort), str(ctx.exception))
         with self.assertRaises(ConnectionRefusedError):

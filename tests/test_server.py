@@ -30,7 +30,9 @@ class RawHTTP(Protocol):
         self.response += data
 
 
-def request(sprite: MemorySprite, path: bytes, headers: dict[bytes, bytes]) -> tuple[int, dict[bytes, bytes], bytes]:
+def request(
+    sprite: MemorySprite, path: bytes, headers: dict[bytes, bytes]
+) -> tuple[int, dict[bytes, bytes], bytes]:
     lines = [b"GET " + path + b" HTTP/1.1", b"Host: 127.0.0.1"]
     lines += [k + b": " + v for k, v in headers.items()]
     raw = RawHTTP(b"\r\n".join(lines) + b"\r\n\r\n")
@@ -69,7 +71,12 @@ class RoutingTests(SynchronousTestCase):
         """
         /control, the root and anything else are 404 with a JSON body.
         """
-        for path in [b"/", b"/v1/sprites/demo/control", b"/v1/sprites/demo/proxy/x", b"/v1/sprites//proxy"]:
+        for path in [
+            b"/",
+            b"/v1/sprites/demo/control",
+            b"/v1/sprites/demo/proxy/x",
+            b"/v1/sprites//proxy",
+        ]:
             status, headers, body = request(self.sprite, path, {**self.auth, **UPGRADE})
             self.assertEqual(status, 404, path)
             self.assertEqual(headers[b"content-type"], b"application/json")
@@ -80,9 +87,15 @@ class RoutingTests(SynchronousTestCase):
         A missing, wrong or malformed token is 401 and the body does not
         echo it.
         """
-        for auth in [{}, {b"Authorization": b"Bearer nope"}, {b"Authorization": b"Basic " + TEST_TOKEN.encode()},
-                     {b"Authorization": TEST_TOKEN.encode()}]:
-            status, headers, body = request(self.sprite, b"/v1/sprites/demo/proxy", {**auth, **UPGRADE})
+        for auth in [
+            {},
+            {b"Authorization": b"Bearer nope"},
+            {b"Authorization": b"Basic " + TEST_TOKEN.encode()},
+            {b"Authorization": TEST_TOKEN.encode()},
+        ]:
+            status, headers, body = request(
+                self.sprite, b"/v1/sprites/demo/proxy", {**auth, **UPGRADE}
+            )
             self.assertEqual(status, 401)
             self.assertEqual(headers[b"www-authenticate"], b'Bearer realm="sprites"')
             self.assertNotIn(b"nope", body)
@@ -124,7 +137,9 @@ class RoutingTests(SynchronousTestCase):
         Over the limit: 429 with Retry-After and retry_after_seconds.
         """
         self.sprite.server.maxTunnels = 0
-        status, headers, body = request(self.sprite, b"/v1/sprites/demo/proxy", {**self.auth, **UPGRADE})
+        status, headers, body = request(
+            self.sprite, b"/v1/sprites/demo/proxy", {**self.auth, **UPGRADE}
+        )
         self.assertEqual(status, 429)
         self.assertEqual(headers[b"retry-after"], b"1")
         self.assertEqual(json.loads(body)["retry_after_seconds"], 1)
@@ -142,8 +157,13 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(parseProxyPath(b"/v1/sprites/demo/proxy"), "demo")
         self.assertEqual(parseProxyPath(b"/v1/sprites/a%2Fb/proxy"), "a/b")
         self.assertEqual(parseProxyPath(b"/v1/sprites/%2E%2E/proxy"), "..")
-        for path in [b"/v1/sprites/demo", b"/v2/sprites/demo/proxy", b"/v1/sprites//proxy",
-                     b"/v1/sprites/a/b/proxy", b"/v1/sprites/%ff/proxy"]:
+        for path in [
+            b"/v1/sprites/demo",
+            b"/v2/sprites/demo/proxy",
+            b"/v1/sprites//proxy",
+            b"/v1/sprites/a/b/proxy",
+            b"/v1/sprites/%ff/proxy",
+        ]:
             self.assertIsNone(parseProxyPath(path), path)
 
 
@@ -159,7 +179,14 @@ class TargetPolicyTests(SynchronousTestCase):
         policy = TargetPolicy()
         for host in ["localhost", "127.0.0.1", "127.9.9.9", "::1", "LOCALHOST"]:
             self.assertTrue(policy.allows(host), host)
-        for host in ["10.0.0.1", "example.com", "0.0.0.0", "::", "169.254.169.254", "localhost.evil"]:
+        for host in [
+            "10.0.0.1",
+            "example.com",
+            "0.0.0.0",
+            "::",
+            "169.254.169.254",
+            "localhost.evil",
+        ]:
             self.assertFalse(policy.allows(host), host)
 
     def test_allowList(self) -> None:

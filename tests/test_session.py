@@ -142,9 +142,7 @@ class SessionTests(SynchronousTestCase):
         close() stops listening at once, lets open connections go on for
         the drain period, then closes them.
         """
-        client = SpritesClient(
-            self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", drainTimeout=5
-        )
+        client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", drainTimeout=5)
         session = self.successResultOf(client.proxyPort("demo", 8080, 80))
         proto = session.factory.buildProtocol(None)
         transport = StringTransport()

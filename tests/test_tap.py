@@ -220,9 +220,7 @@ class OptionsTests(SynchronousTestCase):
         """
         The timeouts are parsed as seconds; a drain of 0 closes at once.
         """
-        options = parse(
-            ["-s", "db", "--handshake-timeout", "2.5", "--drain-timeout", "0", "5432"]
-        )
+        options = parse(["-s", "db", "--handshake-timeout", "2.5", "--drain-timeout", "0", "5432"])
         self.assertEqual(options["handshake-timeout"], 2.5)
         self.assertEqual(options["drain-timeout"], 0.0)
 
@@ -240,9 +238,7 @@ class OptionsTests(SynchronousTestCase):
         """
         There is no option taking the token itself.
         """
-        self.assertRaises(
-            usage.UsageError, parse, ["-s", "db", "--token", TOKEN, "5432"], {}
-        )
+        self.assertRaises(usage.UsageError, parse, ["-s", "db", "--token", TOKEN, "5432"], {})
 
     def test_tokenFile(self) -> None:
         """
@@ -282,9 +278,7 @@ class OptionsTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("not a certificate\n")
-        error = self.assertRaises(
-            usage.UsageError, parse, ["-s", "db", "--ca-file", path, "1"]
-        )
+        error = self.assertRaises(usage.UsageError, parse, ["-s", "db", "--ca-file", path, "1"])
         self.assertIn(repr(path), str(error))
 
 
@@ -297,19 +291,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
-    def make(
-        self, args: list[str], environ: dict[str, str] | None = None
-    ) -> ProxyManager:
+    def make(self, args: list[str], environ: dict[str, str] | None = None) -> ProxyManager:
         manager = _makeService(parse(args, environ), self.reactor)
         self.addCleanup(manager.stopService)
         return manager
 
     def messages(self, level: Any = None) -> list[str]:
-        return [
-            formatEvent(e)
-            for e in self.events
-            if level is None or e.get("log_level") == level
-        ]
+        return [formatEvent(e) for e in self.events if level is None or e.get("log_level") == level]
 
     def test_oneSessionPerMapping(self) -> None:
         """
@@ -421,9 +409,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual([s.localAddr() is not None for s in manager], [True, True])
         self.successResultOf(manager.stopService())
         self.assertEqual([s.localAddr() for s in manager], [None, None])
-        self.assertIn(
-            "stopped forwarding 127.0.0.1:8080 -> db localhost:80", self.messages()
-        )
+        self.assertIn("stopped forwarding 127.0.0.1:8080 -> db localhost:80", self.messages())
 
     def test_nonLoopbackBindWarns(self) -> None:
         """
@@ -446,9 +432,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         An allowed plain-text URL to another host is logged as a warning.
         """
-        self.make(
-            ["-s", "db", "--allow-insecure", "--api-url", "http://10.1.2.3:8900", "80"]
-        )
+        self.make(["-s", "db", "--allow-insecure", "--api-url", "http://10.1.2.3:8900", "80"])
         warnings = self.messages(LogLevel.warn)
         self.assertEqual(len(warnings), 1)
         self.assertIn("http://10.1.2.3:8900 is not encrypted", warnings[0])

@@ -369,22 +369,50 @@ class ScriptedServerTests(SynchronousTestCase):
         HTTP refusals map to typed errors with status, JSON message and
         Retry-After; a non-JSON body becomes the (truncated) message.
         """
+
         def response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
             return (
-                b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
-                + b"\r\n" + extra + b"\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n"
+                + extra
+                + b"\r\n"
+                + body
             )
 
         cases = [
-            (response(b"401 Unauthorized", b'{"error": "unauthorized", "message": "bad token"}'),
-             SpriteAuthError, "bad token"),
+            (
+                response(b"401 Unauthorized", b'{"error": "unauthorized", "message": "bad token"}'),
+                SpriteAuthError,
+                "bad token",
+            ),
             (response(b"403 Forbidden", b'{"message": "no access"}'), SpriteAuthError, "no access"),
-            (response(b"404 Not Found", b'{"error": "not_found"}'), SpriteNotFoundError, "not_found"),
-            (response(b"429 Too Many", b'{"message": "slow", "retry_after_seconds": 7}',
-                      b"Retry-After: 9\r\n"), RateLimitedError, "retry after 9 s"),
-            (response(b"503 Unavailable", b"<html>down for maintenance</html>"),
-             SpriteServerError, "down for maintenance"),
-            (response(b"302 Found", b"", b"Location: http://x/\r\n"), UpgradeRefusedError, "HTTP 302"),
+            (
+                response(b"404 Not Found", b'{"error": "not_found"}'),
+                SpriteNotFoundError,
+                "not_found",
+            ),
+            (
+                response(
+                    b"429 Too Many",
+                    b'{"message": "slow", "retry_after_seconds": 7}',
+                    b"Retry-After: 9\r\n",
+                ),
+                RateLimitedError,
+                "retry after 9 s",
+            ),
+            (
+                response(b"503 Unavailable", b"<html>down for maintenance</html>"),
+                SpriteServerError,
+                "down for maintenance",
+            ),
+            (
+                response(b"302 Found", b"", b"Location: http://x/\r\n"),
+                UpgradeRefusedError,
+                "HTTP 302",
+            ),
             (response(b"500 Oops", b"A" * 100000), SpriteServerError, "AAAA..."),
         ]
         for raw, errorType, text in cases:
@@ -399,7 +427,11 @@ class ScriptedServerTests(SynchronousTestCase):
         """
         factory = wsfake.respondHTTP(b"HTTP/1.1 404 Not Found\r\n\r\nno such sprite")
         endpoint = SpriteProxyEndpoint(
-            self.reactor, "demo", 1, token=TEST_TOKEN, apiURL=TEST_API_URL,
+            self.reactor,
+            "demo",
+            1,
+            token=TEST_TOKEN,
+            apiURL=TEST_API_URL,
             transportEndpoint=MemoryClientEndpoint(self.network, factory),
         )
         d = endpoint.connect(Factory.forProtocol(Recorder))

@@ -31,9 +31,7 @@ class BusyReactor(MemoryReactorClock):
         super().__init__()
         self.busy = busy
 
-    def listenTCP(
-        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
-    ) -> Any:
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
         if port in self.busy:
             raise CannotListenError(
                 interface, port, OSError(errno.EADDRINUSE, "Address already in use")
@@ -68,9 +66,7 @@ class PositiveNumberTests(SynchronousTestCase):
         """
         for value in ["0", "-2", "inf", "nan", "ten", ""]:
             with self.subTest(value=value):
-                error = self.assertRaises(
-                    usage.UsageError, positiveNumber, "wait", value
-                )
+                error = self.assertRaises(usage.UsageError, positiveNumber, "wait", value)
                 self.assertIn(f"--wait {value!r}", str(error))
 
 
@@ -120,13 +116,9 @@ class CommandServiceTests(SynchronousTestCase):
         self.patch(sys, "excepthook", lambda kind, value, tb: self.hooked.append(value))
 
     def proxyService(self, reactor: Any, *mappings: str) -> CommandService:
-        options = tap.Options(
-            {"SPRITE_TOKEN": TOKEN, "SPRITES_API_URL": "http://127.0.0.1:1"}
-        )
+        options = tap.Options({"SPRITE_TOKEN": TOKEN, "SPRITES_API_URL": "http://127.0.0.1:1"})
         options.parseOptions(["-s", "db", *mappings])
-        return CommandService(
-            "sprites-proxy", reactor, tap._makeService(options, reactor)
-        )
+        return CommandService("sprites-proxy", reactor, tap._makeService(options, reactor))
 
     def test_busyPortIsOneLine(self) -> None:
         """
@@ -142,9 +134,7 @@ class CommandServiceTests(SynchronousTestCase):
             "sprites-proxy: Couldn't listen on 127.0.0.1:5433: "
             "[Errno 98] Address already in use.\n",
         )
-        errors = [
-            formatEvent(e) for e in self.events if e["log_level"] == LogLevel.error
-        ]
+        errors = [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 1)
         self.assertIn("127.0.0.1:5433", errors[0])
         self.assertEqual(self.hooked, [])
@@ -169,15 +159,11 @@ class CommandServiceTests(SynchronousTestCase):
         options = localtap.Options({"SPRITE_TOKEN": TOKEN})
         options.parseOptions(["--listen", "tcp:8900:interface=127.0.0.1"])
         reactor = BusyReactor({8900})
-        service = CommandService(
-            "sprites-local", reactor, localtap._makeService(options, reactor)
-        )
+        service = CommandService("sprites-local", reactor, localtap._makeService(options, reactor))
         error = self.assertRaises(CannotListenError, service.privilegedStartService)
         sys.excepthook(CannotListenError, error, None)
         self.assertTrue(
-            self.stderr.getvalue().startswith(
-                "sprites-local: Couldn't listen on 127.0.0.1:8900"
-            )
+            self.stderr.getvalue().startswith("sprites-local: Couldn't listen on 127.0.0.1:8900")
         )
 
     def test_startsChild(self) -> None:

@@ -77,7 +77,9 @@ class ReplyTests(SynchronousTestCase):
         """
         A connected reply gives the target.
         """
-        self.assertEqual(parseReply(encodeReply("connected", target="localhost:5432")), "localhost:5432")
+        self.assertEqual(
+            parseReply(encodeReply("connected", target="localhost:5432")), "localhost:5432"
+        )
         self.assertEqual(parseReply(b'{"status": "connected"}'), "")
 
     def test_refused(self) -> None:
