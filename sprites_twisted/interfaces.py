@@ -5,7 +5,13 @@ Interfaces of sprites_twisted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress
 
 __all__ = ["IProxySession"]
 
@@ -24,7 +30,7 @@ class IProxySession(Interface):
     remotePort = Attribute("The port inside the sprite (int).")
     remoteHost = Attribute("The host inside the sprite (str); '' means localhost.")
 
-    def close():  # type: ignore[misc]
+    def close() -> Deferred[None]:  # type: ignore[misc]
         """
         Stop listening, let open connections drain, then close them.
 
@@ -32,13 +38,13 @@ class IProxySession(Interface):
         C{None}) once the session is fully closed.
         """
 
-    def wait():  # type: ignore[misc]
+    def wait() -> Deferred[None]:  # type: ignore[misc]
         """
         A new Deferred per call that fires (with C{None}) when the session is
         closed; at once if it already is.
         """
 
-    def localAddr():  # type: ignore[misc]
+    def localAddr() -> IAddress | None:  # type: ignore[misc]
         """
         The listening address (an C{IAddress}), or C{None} when the session
         is not listening.

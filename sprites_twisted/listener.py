@@ -78,6 +78,8 @@ class LocalProxyProtocol(Pipe):
 
     log = Logger()
     factory: LocalProxyFactory
+    # An accepted TCP connection: ITCPTransport, IPushProducer and IConsumer.
+    transport: Any
     _connecting: Deferred[Any] | None = None
     _linger: IDelayedCall | None = None
     _lost = False
@@ -255,7 +257,7 @@ class LocalProxyFactory(Factory):
         L{sprites_twisted.endpoint.SpriteProxyEndpoint}).
     """
 
-    protocol = LocalProxyProtocol
+    protocol = LocalProxyProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(

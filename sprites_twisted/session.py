@@ -132,6 +132,7 @@ class ProxySession(Service):
         if self._listening is not None:
             return self._chainListening()
         self.running = 1
+        server: TCP4ServerEndpoint | TCP6ServerEndpoint
         if ":" in self.interface:
             server = TCP6ServerEndpoint(
                 self._reactor, self.mapping.localPort, interface=self.interface
