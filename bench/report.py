@@ -44,7 +44,7 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     out = []
     for mode in MODES:
         ratio = med(r["bulk"][mode]["tunnel"]["mbps"]) / med(r["bulk"][mode]["portforward"]["mbps"])
-        out.append((f"{mode} throughput >= 0.8 x portforward", f"{ratio:.2f} x", ratio >= 0.8))
+        out.append((f"{mode} throughput >= 0.8 x portforward", f"{ratio:.3f} x", ratio >= 0.8))
     worst = max(MODES, key=lambda m: med(r["bulk"][m]["tunnel"]["cpu"]["client"]))
     cpu = med(r["bulk"][worst]["tunnel"]["cpu"]["client"])
     out.append(
@@ -224,7 +224,7 @@ def plot(r: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"direct": "#9e9e9e", "portforward": "#4c72b0", "tunnel": "#dd8452"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.26
     for i, p in enumerate(PATHS):
         values = [med(r["bulk"][m][p]["mbps"]) for m in MODES]
@@ -236,20 +236,12 @@ def plot(r: dict[str, Any], path: str) -> None:
             color=colors[p],
         )
         labelBars(ax1, bars, [f"{v:,.0f}" for v in values], 7)
-    for x, m in enumerate(MODES):
+    labels = []
+    for m in MODES:
         ratio = med(r["bulk"][m]["tunnel"]["mbps"]) / med(r["bulk"][m]["portforward"]["mbps"])
-        ax1.text(
-            x,
-            -0.09,
-            f"tunnel = {ratio:.2f} x portforward",
-            ha="center",
-            va="top",
-            fontsize=8,
-            transform=ax1.get_xaxis_transform(),
-        )
+        labels.append(f"{m}\ntunnel: {ratio:.2f} x portforward")
     ax1.set_xticks(range(len(MODES)))
-    ax1.set_xticklabels([f"{m}" for m in MODES])
-    ax1.tick_params(axis="x", pad=14)
+    ax1.set_xticklabels(labels, fontsize=9)
     ax1.set_ylabel("MB/s (higher is better)")
     size = r["sizes"]["bulk"] >> 20
     ax1.set_title(

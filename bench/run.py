@@ -234,7 +234,9 @@ def main() -> None:
         for port in (target.port, pf.port, client.port):
             for _ in range(5):
                 L.firstByte(port)
-            L.echo(port, 16 * MiB)
+            L.upload(port, 64 * MiB)
+            L.download(port, 64 * MiB)
+            L.echo(port, 64 * MiB)
         gc.disable()
         results["bulk"] = bulk(
             {
