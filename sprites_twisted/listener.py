@@ -149,7 +149,8 @@ class LocalProxyProtocol(Pipe):
         self._aborted = True
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            peer.transport.abortConnection()
+            tunnel: Any = peer.transport  # a WebSocketStreamTransport
+            tunnel.abortConnection()
         if self.transport is not None:
             self.transport.abortConnection()
 
