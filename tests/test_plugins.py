@@ -12,7 +12,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import getPlugins
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from sprites_twisted import localtap, tap
 from sprites_twisted._parser import SpriteEndpointParser
@@ -96,3 +96,46 @@ class ImportCostTests(TestCase):
             sys.executable, ["-c", code], env=env, path=ROOT, reactor=reactor
         )
         self.assertEqual((code, out.strip()), (0, b"[]"), err)
+
+
+class InstalledCopyTests(TestCase):
+    """
+    After ``pip install .`` (which ``make test`` does first), Twisted finds
+    the plugins from the installed copy alone, outside the source tree.
+    """
+
+    async def test_foundWhenInstalled(self) -> None:
+        """
+        From a directory outside the tree and with no PYTHONPATH, twistd's
+        plugin lookup lists both commands and the endpoint parser, and the
+        package comes from site-packages.
+        """
+        from twisted.internet import reactor
+
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        code = (
+            "import sprites_twisted\n"
+            "from twisted.plugin import getPlugins\n"
+            "from twisted.application.service import IServiceMaker\n"
+            "from twisted.internet.interfaces import "
+            "IStreamClientEndpointStringParserWithReactor as P\n"
+            "print(sprites_twisted.__file__)\n"
+            "print(sorted(p.tapname for p in getPlugins(IServiceMaker) "
+            "if p.tapname.startswith('sprites-')))\n"
+            "print(sorted(p.prefix for p in getPlugins(P) if p.prefix == 'sprite'))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        out, err, status = await getProcessOutputAndValue(
+            sys.executable, ["-c", code], env=env, path=elsewhere, reactor=reactor
+        )
+        if status != 0 and b"No module named 'sprites_twisted'" in err:
+            raise SkipTest(
+                "sprites-twisted is not installed in this Python (make test installs it)"
+            )
+        self.assertEqual(status, 0, err)
+        location, makers, parsers = out.decode().strip().splitlines()
+        self.assertIn("site-packages", location)
+        self.assertNotEqual(os.path.dirname(os.path.dirname(location)), ROOT)
+        self.assertEqual(makers, "['sprites-local', 'sprites-proxy']")
+        self.assertEqual(parsers, "['sprite']")
