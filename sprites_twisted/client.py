@@ -27,6 +27,9 @@ from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, Pr
 
 __all__ = ["SpritesClient", "Sprite"]
 
+#: How many endpoints (distinct targets) a client keeps for reuse.
+_ENDPOINT_CACHE_SIZE = 64
+
 
 class SpritesClient:
     """
@@ -81,6 +84,7 @@ class SpritesClient:
         self._trustRoot = trustRoot
         self._allowInsecure = allowInsecure
         self._transportEndpoint = transportEndpoint
+        self._endpoints: dict[tuple[str, int, str, float], SpriteProxyEndpoint] = {}
 
     def __repr__(self) -> str:
         return f"<SpritesClient {self.baseURL}>"
@@ -98,20 +102,33 @@ class SpritesClient:
         An C{IStreamClientEndpoint} to C{remoteHost}:C{remotePort} in the
         sprite.
 
+        Endpoints are stateless, so the client keeps the most recently
+        used ones and hands the same object out again: repeated
+        C{proxySocket} calls to one target then share one Autobahn client
+        factory instead of building (and reseeding Python's global
+        C{random}, which Autobahn's factory does) one per call.
+
         :raises SpritesError: for a bad name, port or host.
         """
-        return SpriteProxyEndpoint(
-            self._reactor,
-            spriteName,
-            remotePort,
-            remoteHost or "localhost",
-            token=self._token,
-            apiURL=self.baseURL,
-            transportEndpoint=self._transportEndpoint,
-            timeout=self.handshakeTimeout,
-            trustRoot=self._trustRoot,
-            allowInsecure=self._allowInsecure,
-        )
+        key = (spriteName, remotePort, remoteHost or "localhost", self.handshakeTimeout)
+        endpoint = self._endpoints.pop(key, None)
+        if endpoint is None:
+            endpoint = SpriteProxyEndpoint(
+                self._reactor,
+                spriteName,
+                remotePort,
+                remoteHost or "localhost",
+                token=self._token,
+                apiURL=self.baseURL,
+                transportEndpoint=self._transportEndpoint,
+                timeout=self.handshakeTimeout,
+                trustRoot=self._trustRoot,
+                allowInsecure=self._allowInsecure,
+            )
+        self._endpoints[key] = endpoint
+        while len(self._endpoints) > _ENDPOINT_CACHE_SIZE:
+            del self._endpoints[next(iter(self._endpoints))]
+        return endpoint
 
     def session(
         self, spriteName: str, mapping: PortMapping, *, interface: str | None = None

@@ -327,6 +327,24 @@ class ClientTests(SynchronousTestCase):
             ConfigurationError, SpritesClient, MemoryReactorClock(), "t", "http://example.com"
         )
 
+    def test_endpointsReused(self) -> None:
+        """
+        The same target gets the same endpoint (one Autobahn factory, no
+        reseeding of the global random per call); the cache is bounded.
+        """
+        import random
+
+        client = MemorySprite().client()
+        first = client.endpoint("demo", 22)
+        state = random.getstate()
+        self.assertIs(client.endpoint("demo", 22, "localhost"), first)
+        self.assertEqual(random.getstate(), state)
+        self.assertIsNot(client.endpoint("demo", 23), first)
+        for port in range(1000, 1100):
+            client.endpoint("demo", port)
+        self.assertLessEqual(len(client._endpoints), 64)
+        self.assertIsNot(client.endpoint("demo", 22), first)
+
     def test_insecureURLWarns(self) -> None:
         """
         An explicitly allowed plain-text URL to another host logs a warning
