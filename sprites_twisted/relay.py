@@ -19,6 +19,7 @@ collects text messages (the handshake) up to a small limit.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from sprites_twisted._framing import BINARY_FIN, binaryFrame, unmask
 
 __all__ = [
     "quietAutobahnLogger",
@@ -59,6 +62,8 @@ PIPE_BUFFER_SIZE = 96 * 1024
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+_LEN16 = struct.Struct("!H")
+_LEN64 = struct.Struct("!Q")
 
 
 def quietAutobahnLogger() -> Any:
@@ -195,6 +200,30 @@ def setBufferSize(transport: Any, size: int | None = None) -> None:
         transport.bufferSize = size or PIPE_BUFFER_SIZE
 
 
+def _framingOf(ws: Any) -> bool | None:
+    """
+    Whether binary frames from C{ws} (an open Autobahn protocol) are masked
+    (C{True} for a client, C{False} for a server with default options), or
+    C{None} when its options ask for something the relay's own framing does
+    not do (compression, automatic fragmentation, frame or octet logging,
+    timings, masking turned off for tests): Autobahn then sends.
+    """
+    if not (hasattr(ws, "trafficStats") and hasattr(ws, "send_queue")):
+        return None
+    if (
+        ws._perMessageCompress is not None
+        or ws.autoFragmentSize
+        or ws.logFrames
+        or ws.logOctets
+        or getattr(ws, "trackedTimings", None)
+    ):
+        return None
+    masked = bool(ws.maskServerFrames if ws.factory.isServer else ws.maskClientFrames)
+    if masked and not ws.applyMask:
+        return None
+    return masked
+
+
 class StreamingWebSocketMixin:
     """
     Mixed into an Autobahn WebSocket protocol (before it in the bases).
@@ -203,15 +232,157 @@ class StreamingWebSocketMixin:
     reassembling messages.  Text messages are collected up to
     C{maxTextSize} bytes and passed whole to L{textReceived}; a larger text
     message fails the connection (close code 1009).
+
+    Unfragmented binary frames (all the relay sends) are parsed here,
+    straight from Autobahn's receive buffer (L{processData}); everything
+    else (text, control frames, fragmented messages, anything malformed or
+    over a size limit) is left to Autobahn, which validates it and calls
+    the C{onMessage*} hooks below.
     """
 
     maxTextSize = 64 * 1024
     _msgBinary = False
     _textParts: list[bytes]
     _textSize = 0
+    # The unfragmented binary frame being received by processData:
+    # payload bytes still to come, its masking key, payload bytes so far.
+    _rxLeft = 0
+    _rxMask: bytes | None = None
+    _rxDone = 0
     # Set by Autobahn; declared for type checkers.
     failedByMe: bool
     maxFramePayloadSize: int
+    maxMessagePayloadSize: int
+    data: bytes
+    state: int
+    current_frame: Any
+    inside_message: bool
+    factory: Any
+    trafficStats: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's Twisted adapter formats a debug line (C{hltype},
+        # C{hlval}) for every read, even with debug logging off.
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
+    def processData(self) -> bool:
+        """
+        Consume Autobahn's receive buffer (C{self.data}) while it holds
+        unfragmented binary frames; hand anything else to Autobahn.
+
+        Autobahn calls this in a loop while it returns C{True}.  Unlike
+        Autobahn, the buffer is walked by offset and cut once at the end,
+        and a masked payload is unmasked in a single pass.  What Autobahn
+        would reject or treat specially (reserved bits, wrong masking,
+        non-minimal lengths, frames over C{maxFramePayloadSize}, a binary
+        frame inside a fragmented message, compression, frame logging) is
+        left to it, so its checks and close codes apply unchanged.
+        """
+        if not self._rxLeft and (
+            self.current_frame is not None
+            or self._perMessageCompress is not None  # type: ignore[attr-defined]
+            or self.logFrames  # type: ignore[attr-defined]
+            or self.trackedTimings  # type: ignore[attr-defined]
+        ):
+            return super().processData()  # type: ignore[misc,no-any-return]
+        data = self.data
+        size = len(data)
+        pos = 0
+        while True:
+            left = self._rxLeft
+            if left:
+                avail = size - pos
+                if not avail:
+                    break
+                take = left if left < avail else avail
+                mask = self._rxMask
+                if mask is not None:
+                    payload = unmask(memoryview(data)[pos : pos + take], mask, self._rxDone)
+                elif take == size:
+                    payload = data
+                else:
+                    payload = data[pos : pos + take]
+                pos += take
+                left -= take
+                self._rxLeft = left
+                self._rxDone += take
+                self._frameData(payload)
+                if not left:
+                    self._frameEnd()
+                if self.state == _CLOSED:
+                    break
+                continue
+            avail = size - pos
+            if avail < 2:
+                break
+            second = data[pos + 1]
+            masked = second & 0x80
+            if (
+                data[pos] != BINARY_FIN
+                or self.inside_message
+                or bool(masked) != bool(self.factory.isServer)
+                or (masked and not self.applyMask)  # type: ignore[attr-defined]
+            ):
+                return self._autobahnFrom(pos)
+            length = second & 0x7F
+            headerSize = (6 if masked else 2) + (2 if length == 126 else 8 if length == 127 else 0)
+            if avail < headerSize:
+                break
+            if length == 126:
+                length = _LEN16.unpack_from(data, pos + 2)[0]
+                if length < 126:
+                    return self._autobahnFrom(pos)
+            elif length == 127:
+                length = _LEN64.unpack_from(data, pos + 2)[0]
+                if length < 0x10000 or length > 0x7FFFFFFFFFFFFFFF:
+                    return self._autobahnFrom(pos)
+            if 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
+                return self._autobahnFrom(pos)
+            pos += headerSize
+            self._rxMask = data[pos - 4 : pos] if masked else None
+            self._rxLeft = length
+            self._rxDone = 0
+            self.inside_message = True
+            self._msgBinary = True
+            if not length:
+                self._frameEnd()
+        if pos:
+            self.data = data[pos:]
+        return False
+
+    def _autobahnFrom(self, pos: int) -> bool:
+        """
+        Leave the buffer from C{pos} (a frame header) to Autobahn.
+        """
+        if pos:
+            self.data = self.data[pos:]
+        return super().processData()  # type: ignore[misc,no-any-return]
+
+    def _frameData(self, payload: bytes) -> None:
+        """
+        Payload of an unfragmented binary frame: what Autobahn's
+        C{onFrameData} and our C{onMessageFrameData} do for it.
+        """
+        if self.state == _OPEN:
+            stats = self.trafficStats
+            stats.incomingOctetsWebSocketLevel += len(payload)
+            stats.incomingOctetsAppLevel += len(payload)
+        if not self.failedByMe:
+            self.binaryReceived(payload)
+
+    def _frameEnd(self) -> None:
+        """
+        End of an unfragmented binary frame (and message): what Autobahn's
+        C{onFrameEnd} does for it.
+        """
+        self._rxMask = None
+        self.inside_message = False
+        if self.state == _OPEN:
+            stats = self.trafficStats
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+            self._cancelAutoPingTimeoutCall()  # type: ignore[attr-defined]
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self._msgBinary = isBinary
@@ -224,8 +395,7 @@ class StreamingWebSocketMixin:
             self._max_message_size_exceeded(  # type: ignore[attr-defined]
                 length,
                 self.maxFramePayloadSize,
-                f"received a frame of {length} bytes, over the limit of "
-                f"{self.maxFramePayloadSize}",
+                f"received a frame of {length} bytes, over the limit of {self.maxFramePayloadSize}",
             )
 
     def onMessageFrameData(self, payload: bytes) -> None:
@@ -314,13 +484,45 @@ class WebSocketStreamTransport:
             return
         if type(data) is not bytes:
             data = bytes(data)
-        self.bytesWritten += len(data)
-        if len(data) <= MAX_SEND_CHUNK:
-            ws.sendMessage(data, isBinary=True)
+        n = len(data)
+        self.bytesWritten += n
+        if n <= MAX_SEND_CHUNK:
+            self._sendBinary(ws, data)
             return
         view = memoryview(data)
-        for start in range(0, len(data), MAX_SEND_CHUNK):
-            ws.sendMessage(bytes(view[start : start + MAX_SEND_CHUNK]), isBinary=True)
+        for start in range(0, n, MAX_SEND_CHUNK):
+            self._sendBinary(ws, view[start : start + MAX_SEND_CHUNK])
+
+    _masked: bool | None = None
+    _framesChecked = False
+
+    def _sendBinary(self, ws: Any, payload: bytes | memoryview) -> None:
+        """
+        Send C{payload} as one unfragmented binary message.
+
+        What Autobahn's C{sendMessage} does for a binary message on a
+        connection without compression, fragmentation, frame logging or
+        timing (ours), minus its per-frame overhead (see L{_framing}): build
+        the frame (masked with a fresh key when this side masks), count it
+        in C{trafficStats}, write it.  Anything else goes through
+        C{sendMessage}.
+        """
+        if not self._framesChecked:
+            self._framesChecked = True
+            self._masked = _framingOf(ws)
+        masked = self._masked
+        n = len(payload)
+        if masked is None or ws.send_queue or 0 < ws.maxMessagePayloadSize < n:
+            ws.sendMessage(bytes(payload), isBinary=True)
+            return
+        frame = binaryFrame(payload, masked)
+        stats = ws.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingWebSocketFrames += 1
+        stats.outgoingOctetsAppLevel += n
+        stats.outgoingOctetsWebSocketLevel += n
+        stats.outgoingOctetsWireLevel += len(frame)
+        ws.transport.write(frame)
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))

@@ -1,0 +1,255 @@
+"""
+Tests for L{sprites_twisted._framing} and the relay's own frame paths
+(L{sprites_twisted.relay}): frames are standard RFC 6455, and received
+frames are delivered byte-exact however the stream is split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+
+from autobahn.websocket.xormasker import create_xor_masker
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from sprites_twisted import _framing
+from sprites_twisted._framing import binaryFrame, frameHeader, unmask
+from sprites_twisted.endpoint import SpriteProxyEndpoint
+from sprites_twisted.testing import (
+    TEST_API_URL,
+    TEST_TOKEN,
+    MemoryClientEndpoint,
+    MemoryNetwork,
+    MemorySprite,
+)
+from tests import wsfake
+
+
+def reference(payload: bytes, mask: bytes) -> bytes:
+    """
+    Masking as RFC 6455 section 5.3 defines it, byte by byte.
+    """
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class FrameTests(SynchronousTestCase):
+    """
+    Frames built by L{binaryFrame}.
+    """
+
+    def test_headerLengths(self) -> None:
+        """
+        Lengths use the minimal encoding: 7 bits, then 16, then 64.
+        """
+        self.assertEqual(frameHeader(125, False), b"\x82\x7d")
+        self.assertEqual(frameHeader(126, False), b"\x82\x7e\x00\x7e")
+        self.assertEqual(frameHeader(0xFFFF, True), b"\x82\xfe\xff\xff")
+        self.assertEqual(frameHeader(0x10000, False), b"\x82\x7f" + struct.pack("!Q", 0x10000))
+
+    def test_unmasked(self) -> None:
+        """
+        A server frame is header then payload, unmasked.
+        """
+        self.assertEqual(binaryFrame(b"abc", False), b"\x82\x03abc")
+        self.assertEqual(binaryFrame(memoryview(b"abc"), False), b"\x82\x03abc")
+
+    def test_masked(self) -> None:
+        """
+        A client frame carries a masking key and the payload masked with it,
+        for every length encoding.
+        """
+        for size in (0, 1, 125, 126, 1000, 0xFFFF, 0x10000, 100_003):
+            payload = random.Random(size).randbytes(size)
+            frame = binaryFrame(payload, True)
+            frames, rest = wsfake.parseClientFrames(frame)
+            self.assertEqual((frames, rest), ([(0x2, payload)], b""), size)
+            self.assertTrue(frame[1] & 0x80)
+
+    def test_freshMaskPerFrame(self) -> None:
+        """
+        Every masked frame gets its own key.
+        """
+        keys = {binaryFrame(b"same", True)[2:6] for _ in range(8)}
+        self.assertGreater(len(keys), 1)
+
+    def test_nativeAndFallbackAgree(self) -> None:
+        """
+        The compiled masker (when Autobahn uses it) and the pure-Python
+        fallback both mask as RFC 6455 says, at any start offset.
+        """
+        rng = random.Random(6455)
+        maskers = [_framing._xorIntegers]
+        if _framing.NATIVE_MASKING:
+            maskers.append(_framing._xorNative)
+        for size in (*range(0, 40), 127, 128, 129, 4096, 65_537):
+            payload = rng.randbytes(size)
+            mask = rng.randbytes(4)
+            for start in (0, 1, 14):
+                for xor in maskers:
+                    buf = bytearray(b"h" * start + payload)
+                    xor(buf, start, mask)
+                    self.assertEqual(bytes(buf[start:]), reference(payload, mask))
+                    self.assertEqual(bytes(buf[:start]), b"h" * start)
+
+    def test_unmaskAtOffset(self) -> None:
+        """
+        A piece of a masked payload unmasks correctly wherever it starts.
+        """
+        payload = bytes(range(256)) * 3
+        mask = b"\x01\x22\x93\xf4"
+        masked = create_xor_masker(mask, len(payload)).process(payload)
+        for start, end in ((0, 5), (1, 2), (3, 700), (2, 768), (767, 768)):
+            self.assertEqual(unmask(memoryview(masked)[start:end], mask, start), payload[start:end])
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def pieces(data: bytes, rng: random.Random, largest: int) -> list[bytes]:
+    """
+    C{data} cut at random places.
+    """
+    out = []
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, largest)
+        out.append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+class ClientReceiveTests(SynchronousTestCase):
+    """
+    The client's own frame parser, fed server frames in random splits.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.network = MemoryNetwork(self.reactor)
+
+    def connect(self) -> tuple[Recorder, wsfake.ScriptedServer]:
+        factory = wsfake.acceptThenReply(wsfake.text(b'{"status": "connected"}'))
+        endpoint = SpriteProxyEndpoint(
+            self.reactor,
+            "demo",
+            5432,
+            token=TEST_TOKEN,
+            apiURL=TEST_API_URL,
+            transportEndpoint=MemoryClientEndpoint(self.network, factory),
+        )
+        d = endpoint.connect(Factory.forProtocol(Recorder))
+        self.network.flush()
+        return self.successResultOf(d), factory.servers[0]
+
+    def test_anySplit(self) -> None:
+        """
+        Binary frames of every length encoding, empty frames, a fragmented
+        binary message, interleaved text and ping frames: the payload
+        arrives whole and in order, however the bytes are split.
+        """
+        rng = random.Random(1)
+        big = rng.randbytes(70_000)
+        stream = [
+            wsfake.binary(b"a" * 300),
+            wsfake.binary(b""),
+            wsfake.text(b"noise"),
+            wsfake.binary(big),
+            wsfake.frame(0x9, b"ping"),
+            wsfake.frame(0x2, b"frag", fin=False),
+            wsfake.frame(0x9, b"mid"),
+            wsfake.frame(0x0, b"ment", fin=True),
+            wsfake.binary(b"z"),
+        ]
+        expected = b"a" * 300 + big + b"fragment" + b"z"
+        for largest in (1, 7, 300, 100_000):
+            proto, server = self.connect()
+            for piece in pieces(b"".join(stream), rng, largest):
+                server.transport.write(piece)
+                self.network.flush()
+            self.assertEqual(proto.received, expected, largest)
+            # Pings were answered: Autobahn still handles control frames.
+            self.assertEqual([p for op, p in server.frames if op == 0xA], [b"ping", b"mid"])
+
+    def test_maskedServerFrameFails(self) -> None:
+        """
+        A masked frame from the server is still a protocol violation
+        (Autobahn's check), and closes the tunnel.
+        """
+        proto, server = self.connect()
+        frame = bytearray(wsfake.binary(b"xy"))
+        frame[1] |= 0x80
+        server.transport.write(bytes(frame[:2]) + b"\0\0\0\0" + bytes(frame[2:]))
+        self.network.flush()
+        self.assertEqual(proto.received, b"")
+        self.assertProtocolError(server)
+        self.assertIn("masked server-to-client", proto.transport._ws.wasNotCleanReason)
+
+    def test_nonMinimalLengthFails(self) -> None:
+        """
+        A length in a longer encoding than needed is refused (Autobahn's
+        check), and nothing of that frame is delivered.
+        """
+        proto, server = self.connect()
+        server.transport.write(b"\x82\x7e\x00\x03abc")
+        self.network.flush()
+        self.assertEqual(proto.received, b"")
+        self.assertProtocolError(server)
+        self.assertIn("minimal length", proto.transport._ws.wasNotCleanReason)
+
+    def assertProtocolError(self, server: wsfake.ScriptedServer) -> None:
+        # Autobahn fails a connection by dropping it (failByDrop).
+        self.assertTrue(server.lost)
+
+
+class ServerReceiveTests(SynchronousTestCase):
+    """
+    The local sprite server's own frame parser, fed masked client frames in
+    random splits.
+    """
+
+    def test_anySplit(self) -> None:
+        """
+        Masked binary frames reach the target whole and in order, however
+        the bytes are split.
+        """
+        rng = random.Random(2)
+
+        class Sink(Protocol):
+            received = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                Sink.received += data
+
+        for largest in (1, 5, 1000, 200_000):
+            Sink.received = b""
+            sprite = MemorySprite()
+            sprite.addTarget(5432, Factory.forProtocol(Sink))
+            client = Recorder()
+            sprite.apiEndpoint.connect(Factory.forProtocol(lambda c=client: c))
+            sprite.flush()
+            client.transport.write(
+                b"GET /v1/sprites/demo/proxy HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer "
+                + TEST_TOKEN.encode()
+                + b"\r\n\r\n"
+            )
+            sprite.flush()
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "))
+            init = json.dumps({"host": "localhost", "port": 5432}).encode()
+            client.transport.write(bytes([0x81, 0x80 | len(init)]) + b"\0\0\0\0" + init)
+            sprite.flush()
+            payloads = [rng.randbytes(n) for n in (1, 200, 70_000, 0, 3000)]
+            stream = b"".join(binaryFrame(p, True) for p in payloads)
+            for piece in pieces(stream, rng, largest):
+                client.transport.write(piece)
+                sprite.flush()
+            self.assertEqual(Sink.received, b"".join(payloads), largest)
