@@ -8,7 +8,7 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
   connection.  Each connection starts with a 9-byte header: a mode byte and a
   64-bit size.  ``E`` echoes everything after the header; ``S`` sinks
   ``size`` bytes and answers one byte ``K``; ``G`` sends ``size`` bytes.
-- ``server``: the local sprite server (``LocalSpriteServer.site()``), the same
+- ``server``: the local sprite server (``LocalSpriteServer.factory()``), the same
   code ``twistd sprites-local`` runs.
 - ``client API_PORT TARGET_PORT``: the tunnel client: one forwarded local
   port (``SpritesClient.proxyPort``, what ``twistd sprites-proxy`` runs).
@@ -150,7 +150,7 @@ def runServer() -> None:
 
     startLogging("server")
     server = LocalSpriteServer(reactor, TOKEN, maxTunnels=20000)
-    port = reactor.listenTCP(0, server.site(), backlog=1024, interface="127.0.0.1")
+    port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port, maskerInUse())
     reactor.run()
 

@@ -160,7 +160,7 @@ def _listenInterface(description: str) -> str | None:
 
 def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) -> Any:
     """
-    The service ``twistd sprites-local`` runs: the server's site on the
+    The service ``twistd sprites-local`` runs: the server's factory on the
     ``--listen`` endpoint, through ``strports.service`` so that a busy port
     stops start-up.
 
@@ -201,7 +201,7 @@ def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) 
         sprites=", ".join(options.sprites) if options.sprites else "any sprite name",
         allow="".join(f", {target}" for target in options.allow),
     )
-    return strports.service(options["listen"], server.site(), reactor=reactor)
+    return strports.service(options["listen"], server.factory(), reactor=reactor)
 
 
 def makeService(options: Options) -> CommandService:

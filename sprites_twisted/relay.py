@@ -48,6 +48,7 @@ __all__ = [
     "StreamingWebSocketMixin",
     "SharedOptionsFactoryMixin",
     "MAX_SEND_CHUNK",
+    "isTLSFailure",
 ]
 
 #: Writes larger than this are sent as several WebSocket messages, so that
@@ -81,6 +82,23 @@ def quietAutobahnLogger() -> Any:
     logger = txaio.make_logger()
     logger.set_log_level("error", keep=True)
     return logger
+
+
+def isTLSFailure(reason: Failure | None) -> bool:
+    """
+    Did the connection end because TLS failed?  A bad chain arrives as
+    pyOpenSSL's C{Error}; a certificate for another host name as
+    service_identity's C{VerificationError} (Twisted checks the name in its
+    verify callback).
+    """
+    if reason is None:
+        return False
+    try:
+        from OpenSSL.SSL import Error as SSLError
+        from service_identity import CertificateError, VerificationError
+    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
+        return False
+    return reason.check(SSLError, VerificationError, CertificateError) is not None
 
 
 class SharedOptionsFactoryMixin:

@@ -18,8 +18,13 @@ malformed without crashing and never becomes an open relay:
 - at most C{maxTunnels} tunnels at once (429 with ``Retry-After`` beyond);
 - frames over C{maxFramePayloadSize} close the tunnel (1009).
 
-Routing, auth and the JSON error bodies are a C{twisted.web} resource;
-the upgrade itself is handed to Autobahn's C{WebSocketResource}.
+Routing, auth and the JSON error bodies happen inside the Autobahn server
+protocol (L{ProxyServerProtocol.processHandshake}), before Autobahn validates
+the upgrade: the request head is read once, capped at
+L{MAX_REQUEST_HEADER} bytes and C{requestTimeout} seconds, and any refusal
+is a complete HTTP/1.1 response with a JSON body, after which the
+connection closes.  L{LocalSpriteServer.factory} serves it on any stream
+server endpoint (``tcp:``, ``ssl:``...).
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import parseHttpHeader
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -41,11 +46,9 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from sprites_twisted.relay import (
     Pipe,
@@ -53,6 +56,7 @@ from sprites_twisted.relay import (
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
+    isTLSFailure,
     quietAutobahnLogger,
     splice,
 )
@@ -65,16 +69,30 @@ __all__ = [
     "ProxyServerFactory",
     "parseProxyPath",
     "DEFAULT_MAX_TUNNELS",
+    "MAX_REQUEST_HEADER",
 ]
 
 DEFAULT_MAX_TUNNELS = 10000
 DEFAULT_INIT_TIMEOUT = 10.0
 DEFAULT_MAX_FRAME = 1024 * 1024
+#: Seconds a connection may take to send its whole upgrade request.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+#: The largest HTTP request head (request line and headers) the server
+#: reads; a larger one is answered 431.
+MAX_REQUEST_HEADER = 16 * 1024
 #: Binary data a client may send after its init, before the target is
 #: connected (a well-behaved client sends none).
 MAX_EARLY_DATA = 1024 * 1024
 
 _AWAITING_INIT, _CONNECTING, _RELAYING, _CLOSED = range(4)
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+}
 _NORMAL_CLOSE_CODES = (None, 1000, 1001, 1005)
 
 
@@ -174,7 +192,8 @@ class _TargetFactory(Factory):
 
 class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """
-    One tunnel on the server: wait for the init, connect to the target,
+    One connection to the server: route and authenticate the upgrade
+    request, then (as a tunnel) wait for the init, connect to the target,
     reply, relay.
     """
 
@@ -192,7 +211,152 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
     _targetName = "?"
     _started = 0.0
 
+    _routed = False
+    _refused = False
+    _requestTimer: IDelayedCall | None = None
+
+    # The upgrade request
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        server = self.factory.server
+        if server.requestTimeout:
+            self._requestTimer = server.reactor.callLater(
+                server.requestTimeout, self._requestTimedOut
+            )
+
+    def processHandshake(self) -> None:
+        """
+        Route the request once its head is complete: anything but an
+        authenticated WebSocket upgrade at ``/v1/sprites/{name}/proxy``
+        (within the tunnel limit) gets a JSON error; the rest goes on to
+        Autobahn, which validates and answers the upgrade.
+        """
+        if self._refused:
+            return
+        if not self._routed:
+            data = self.data
+            end = data.find(b"\r\n\r\n", 0, MAX_REQUEST_HEADER)
+            if end < 0:
+                if len(data) >= MAX_REQUEST_HEADER:
+                    self._refuseRequest(
+                        431,
+                        "header_too_large",
+                        f"request header over {MAX_REQUEST_HEADER} bytes",
+                    )
+                return
+            if not self._route(data[: end + 4]):
+                return
+            self._routed = True
+        super().processHandshake()
+
+    def _route(self, head: bytes) -> bool:
+        """
+        Check the request head; C{False} when it was refused.
+        """
+        server = self.factory.server
+        try:
+            requestLine, headers, _ = parseHttpHeader(head)
+        except Exception:  # noqa: BLE001 - anything unparsable is a bad request
+            requestLine, headers = "", {}
+        parts = requestLine.split()
+        if len(parts) != 3:
+            self._refuseRequest(400, "bad_request", "malformed request line")
+            return False
+        self._method = parts[0][:16]
+        path = parts[1].split("?", 1)[0]
+        self._path = path[:200]
+        name = parseProxyPath(path.encode("latin-1"))
+        if name is None:
+            self._refuseRequest(404, "not_found", "no such endpoint")
+            return False
+        authorization = headers.get("authorization")
+        if not server.checkAuthorization(
+            authorization.encode("latin-1") if authorization is not None else None
+        ):
+            self._refuseRequest(
+                401,
+                "unauthorized",
+                "missing or invalid bearer token",
+                ("WWW-Authenticate", 'Bearer realm="sprites"'),
+            )
+            return False
+        if not server.allowsSprite(name):
+            self._refuseRequest(404, "sprite_not_found", f"no sprite named {name!r}")
+            return False
+        if headers.get("upgrade", "").lower() != "websocket":
+            self._refuseRequest(400, "bad_request", "expected a WebSocket upgrade")
+            return False
+        if len(server.tunnels) >= server.maxTunnels:
+            self._refuseRequest(
+                429,
+                "rate_limited",
+                f"too many open tunnels (limit {server.maxTunnels})",
+                ("Retry-After", "1"),
+                retry_after_seconds=1,
+            )
+            return False
+        self.spriteName = name
+        server.tunnelStarted(self)
+        return True
+
+    _method = "?"
+    _path = "?"
+
+    def _refuseRequest(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        header: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        """
+        Answer the request with HTTP C{status} and a JSON body
+        (C{error}, C{message}, C{extra}), then close the connection.
+        """
+        self._refused = True
+        self._cancelRequestTimer()
+        self._log.info(
+            "refused {method} {path!r}: HTTP {status} ({error})",
+            method=self._method,
+            path=self._path,
+            status=status,
+            error=code,
+        )
+        body = json.dumps({"error": code, "message": message, **extra}).encode()
+        lines = [
+            f"HTTP/1.1 {status} {_REASONS[status]}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if header is not None:
+            lines.append(f"{header[0]}: {header[1]}")
+        self.data = b""
+        if self.transport is not None:
+            self.transport.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        self.wasNotCleanReason = f"refused with HTTP {status}"
+        self.dropConnection(abort=False)
+        self._armDrop()
+
+    def _requestTimedOut(self) -> None:
+        self._requestTimer = None
+        if self.state == self.STATE_CONNECTING and not self._refused:
+            timeout = self.factory.server.requestTimeout
+            self._refuseRequest(
+                408, "request_timeout", f"no complete upgrade request within {timeout:g} s"
+            )
+
+    def _cancelRequestTimer(self) -> None:
+        if self._requestTimer is not None and self._requestTimer.active():
+            self._requestTimer.cancel()
+        self._requestTimer = None
+
+    # The tunnel
+
     def onOpen(self) -> None:
+        self._cancelRequestTimer()
         server = self.factory.server
         self._started = server.reactor.seconds()
         self._initTimer = server.reactor.callLater(server.initTimeout, self._initTimedOut)
@@ -271,9 +435,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         self._state = _RELAYING
         self._target = target
         self._targetOpen = True
-        self.sendMessage(
-            encodeReply("connected", target=self._targetName), isBinary=False
-        )
+        self.sendMessage(encodeReply("connected", target=self._targetName), isBinary=False)
         server = self.factory.server
         stream = WebSocketStreamTransport(
             self,
@@ -319,6 +481,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         return result
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancelRequestTimer()
         self._cancelInitTimer()
         if self._dropTimer is not None and self._dropTimer.active():
             self._dropTimer.cancel()
@@ -361,7 +524,17 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         if self._wsLost and not self._targetOpen and self._connecting is None:
             self.factory.server.tunnelEnded(self)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if isTLSFailure(reason):
+            # A client that failed TLS (wrong CA, expired certificate...):
+            # its problem, reported on its side; Autobahn would log it as
+            # an error here.
+            self._log.info(
+                "TLS with {peer} failed: {reason}",
+                peer=self.transport.getPeer() if self.transport is not None else None,
+                reason=reason.getErrorMessage(),
+            )
+            reason = Failure(ConnectionLost("TLS handshake failed"))
         try:
             super().connectionLost(reason)
         finally:
@@ -391,74 +564,6 @@ class ProxyServerFactory(SharedOptionsFactoryMixin, WebSocketServerFactory):  # 
         )
 
 
-class _NamedProtocolFactory:
-    """
-    What C{WebSocketResource} calls to build the protocol: sets the sprite
-    name the resource already parsed and counts the tunnel.
-    """
-
-    def __init__(self, factory: ProxyServerFactory, spriteName: str) -> None:
-        self._factory = factory
-        self._spriteName = spriteName
-
-    def buildProtocol(self, addr: Any) -> ProxyServerProtocol:
-        proto: ProxyServerProtocol = self._factory.buildProtocol(addr)
-        proto.spriteName = self._spriteName
-        self._factory.server.tunnelStarted(proto)
-        return proto
-
-
-class _APIResource(Resource):
-    """
-    Routes every request: the proxy endpoint (after auth) goes to the
-    WebSocket upgrade; everything else gets a JSON error.
-    """
-
-    isLeaf = True
-
-    def __init__(self, server: LocalSpriteServer) -> None:
-        super().__init__()
-        self.server = server
-
-    def render(self, request: Any) -> Any:
-        server = self.server
-        name = parseProxyPath(request.path)
-        if name is None:
-            return self._error(request, 404, "not_found", "no such endpoint")
-        if not server.checkAuthorization(request.getHeader(b"authorization")):
-            request.setHeader(b"www-authenticate", b'Bearer realm="sprites"')
-            return self._error(request, 401, "unauthorized", "missing or invalid bearer token")
-        if not server.allowsSprite(name):
-            return self._error(request, 404, "sprite_not_found", f"no sprite named {name!r}")
-        if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
-            return self._error(request, 400, "bad_request", "expected a WebSocket upgrade")
-        if len(server.tunnels) >= server.maxTunnels:
-            request.setHeader(b"retry-after", b"1")
-            return self._error(
-                request,
-                429,
-                "rate_limited",
-                f"too many open tunnels (limit {server.maxTunnels})",
-                retry_after_seconds=1,
-            )
-        # Twisted Web registered the HTTP channel as the producer of the
-        # connection and armed its idle timeout; the WebSocket takes the
-        # connection over, so undo both first.
-        channel = request.channel
-        channel.setTimeout(None)
-        if channel.transport is not None:
-            channel.transport.unregisterProducer()
-        return WebSocketResource(_NamedProtocolFactory(server.wsFactory, name)).render(request)
-
-    @staticmethod
-    def _error(request: Any, status: int, code: str, message: str, **extra: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        body = {"error": code, "message": message}
-        body.update(extra)
-        return json.dumps(body).encode()
-
-
 class LocalSpriteServer:
     """
     The local sprite server's configuration and state.
@@ -469,6 +574,8 @@ class LocalSpriteServer:
     :param allow: extra targets beyond loopback (see L{TargetPolicy}).
     :param maxTunnels: concurrent tunnels before answering 429.
     :param initTimeout: seconds a tunnel may take to send its init.
+    :param requestTimeout: seconds a connection may take to send its whole
+        upgrade request (408 after that).
     :param maxFramePayloadSize: the largest frame accepted from a client.
     :param targetEndpoint: C{(reactor, host, port) -> IStreamClientEndpoint}
         (tests substitute their own).
@@ -488,6 +595,7 @@ class LocalSpriteServer:
         maxFramePayloadSize: int = DEFAULT_MAX_FRAME,
         closeTimeout: float = 1.0,
         targetEndpoint: Callable[[Any, str, int], IStreamClientEndpoint] = defaultTargetEndpoint,
+        requestTimeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         if not token:
             raise ValueError("the local sprite server needs a token")
@@ -497,6 +605,7 @@ class LocalSpriteServer:
         self.policy = TargetPolicy(allow)
         self.maxTunnels = maxTunnels
         self.initTimeout = initTimeout
+        self.requestTimeout = requestTimeout
         self.maxFramePayloadSize = maxFramePayloadSize
         self.closeTimeout = closeTimeout
         self.targetEndpoint = targetEndpoint
@@ -552,17 +661,10 @@ class LocalSpriteServer:
             self._idleWaiters.append(d)
         return d
 
-    def resource(self) -> Resource:
+    def factory(self) -> ProxyServerFactory:
         """
-        The C{twisted.web} resource serving the API.
+        The protocol factory serving the API, for any stream server endpoint
+        (``tcp:8900:interface=127.0.0.1``, ``ssl:...``).  The same factory
+        each call; it can serve several endpoints at once.
         """
-        return _APIResource(self)
-
-    def site(self) -> Site:
-        """
-        A C{Site} serving the API, for any stream server endpoint
-        (``tcp:8900:interface=127.0.0.1``, ``ssl:...``).
-        """
-        site = Site(self.resource(), reactor=self.reactor)
-        site.displayTracebacks = False
-        return site
+        return self.wsFactory

@@ -128,8 +128,8 @@ class MemorySprite:
         self.server = LocalSpriteServer(
             self.reactor, token, targetEndpoint=self._targetEndpoint, **serverOptions
         )
-        self.site = self.server.site()
-        self.apiEndpoint = MemoryClientEndpoint(self.network, self.site)
+        self.factory = self.server.factory()
+        self.apiEndpoint = MemoryClientEndpoint(self.network, self.factory)
 
     def addTarget(self, port: int, factory: IProtocolFactory, host: str = "localhost") -> None:
         """

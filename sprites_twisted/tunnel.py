@@ -25,7 +25,7 @@ from autobahn.websocket.protocol import parseHttpHeader
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from sprites_twisted import __version__
@@ -45,6 +45,7 @@ from sprites_twisted.relay import (
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
+    isTLSFailure,
     quietAutobahnLogger,
 )
 from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
@@ -140,23 +141,6 @@ def refusalError(status: int, headers: dict[str, str], body: bytes) -> UpgradeRe
     if 500 <= status <= 599:
         return SpriteServerError(status, message, code)
     return UpgradeRefusedError(status, message, code)
-
-
-def _isTLSError(reason: Failure | None) -> bool:
-    """
-    Did the connection end because TLS failed?  A bad chain arrives as
-    pyOpenSSL's C{Error}; a certificate for another host name as
-    service_identity's C{VerificationError} (Twisted checks the name in its
-    verify callback).
-    """
-    if reason is None:
-        return False
-    try:
-        from OpenSSL.SSL import Error as SSLError
-        from service_identity import CertificateError, VerificationError
-    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
-        return False
-    return reason.check(SSLError, VerificationError, CertificateError) is not None
 
 
 #: OpenSSL verify results meaning "this chain does not end at a CA we trust".
@@ -471,12 +455,12 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
             self._fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
         return result
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lostReason = reason
         if self._refusal is not None and self._failure is None:
             # The server closed after a refusal: use what body we got.
             self._finishRefusal()
-        if _isTLSError(reason):
+        if isTLSFailure(reason):
             # Reported as a TLSVerificationError (and warned about by the
             # listener); Autobahn would also log a cryptic error-level line.
             reason = Failure(ConnectionLost("TLS verification failed"))
@@ -505,7 +489,7 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         if self._failure is not None:
             return self._failure
         lost = self._lostReason
-        if _isTLSError(lost):
+        if isTLSFailure(lost):
             assert lost is not None
             host = self.attempt.apiHost
             reason = _tlsReason(lost, self.transport, host)
@@ -526,7 +510,9 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
         if getattr(self, "failedByMe", False) and self.wasNotCleanReason:
             # Autobahn failed the connection itself (a reply over the size
             # limit, a protocol violation): say what the server did wrong.
-            why = str(self.wasNotCleanReason).removeprefix("I dropped the WebSocket TCP connection: ")
+            why = str(self.wasNotCleanReason).removeprefix(
+                "I dropped the WebSocket TCP connection: "
+            )
             return Failure(HandshakeError(None, why))
         return Failure(TunnelClosedError(code, "connection dropped before the handshake reply"))
 

@@ -25,8 +25,6 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 __all__ = [
@@ -36,7 +34,7 @@ __all__ = [
     "LogCapture",
     "SplitReactor",
     "listen",
-    "countingSite",
+    "countingFactory",
     "connectLocal",
     "roundTrip",
     "openFileDescriptors",
@@ -199,32 +197,37 @@ class LocalClient(Protocol):
         return d
 
 
-class CountingResource(Resource):
+def countingFactory(server: Any) -> Any:
     """
-    Wraps the sprite server's resource and records the headers of every
-    HTTP request that reached it.
+    The factory of a L{LocalSpriteServer}, made to record the headers of
+    every HTTP request that reached it (lower-case names) in its
+    C{requests} list.
+
+    The recording is a subclass of the server's protocol rather than a
+    wrapping protocol: under TLS, Autobahn needs the TLS transport itself.
     """
+    factory = server.factory()
+    factory.requests = requests = []
 
-    isLeaf = True
+    class Recording(factory.protocol):  # type: ignore[misc,name-defined]
+        _head = b""
+        _recorded = False
 
-    def __init__(self, inner: Resource) -> None:
-        super().__init__()
-        self.inner = inner
-        self.requests: list[dict[bytes, bytes]] = []
+        def dataReceived(self, data: bytes) -> None:
+            if not self._recorded:
+                self._head += data
+                end = self._head.find(b"\r\n\r\n")
+                if end >= 0:
+                    self._recorded = True
+                    headers = {}
+                    for line in self._head[:end].split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        headers[name.strip().lower()] = value.strip()
+                    requests.append(headers)
+            super().dataReceived(data)
 
-    def render(self, request: Any) -> Any:
-        self.requests.append(dict(request.getAllHeaders()))
-        return self.inner.render(request)
-
-
-def countingSite(server: Any) -> tuple[Site, CountingResource]:
-    """
-    A C{Site} for a L{LocalSpriteServer} that counts the requests it got.
-    """
-    resource = CountingResource(server.resource())
-    site = Site(resource, reactor=server.reactor)
-    site.displayTracebacks = False
-    return site, resource
+    factory.protocol = Recording
+    return factory
 
 
 def connectLocal(reactor: Any, port: int) -> Deferred[LocalClient]:

@@ -55,7 +55,7 @@ class FaultsMixin:
         target, self.target = await listen(self, reactor, targetFactory)
         server = LocalSpriteServer(reactor, TOKEN)
         port, tracked = await listen(
-            self, reactor, server.site(), f"tcp:{spritePort}:interface=127.0.0.1"
+            self, reactor, server.factory(), f"tcp:{spritePort}:interface=127.0.0.1"
         )
         client = SpritesClient(
             reactor,
@@ -124,7 +124,7 @@ class SpriteRestartTests(FaultsMixin, TestCase):
 
         # Back on the same port: the same session works again.
         server = LocalSpriteServer(reactor, TOKEN)
-        await listen(self, reactor, server.site(), f"tcp:{address}:interface=127.0.0.1")
+        await listen(self, reactor, server.factory(), f"tcp:{address}:interface=127.0.0.1")
         self.assertEqual(await self.roundTrip(session, b"back"), b"back")
         self.assertEqual(logs.problems(), [])
 

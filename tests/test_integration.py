@@ -190,7 +190,7 @@ class Harness:
         )
         self.server = LocalSpriteServer(reactor, TOKEN, **serverOptions)
         self.apiPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            self.server.site()
+            self.server.factory()
         )
         self.test.addCleanup(self._stop)
 
@@ -500,7 +500,7 @@ class RefusalTests(TestCase):
         switch.current = wsfake.acceptThenReply(b"")
         await self.refusedConnection(h, session)
         self.assertIn("no answer from the sprite within 0.5 s", self.warnings()[-1])
-        switch.current = h.server.site()
+        switch.current = h.server.factory()
         self.assertEqual(await self.roundTrip(h, session), b"ping")
         self.flushLoggedErrors(TunnelTimeoutError)
 

@@ -13,10 +13,9 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
 
 from sprites_twisted.localtap import DEFAULT_LISTEN, Options, _makeService
-from sprites_twisted.server import _APIResource
+from sprites_twisted.server import ProxyServerFactory
 
 TOKEN = "local-test-token-abcdef"
 
@@ -134,18 +133,16 @@ class MakeServiceTests(SynchronousTestCase):
         return service
 
     def server(self) -> Any:
-        site = self.reactor.tcpServers[0][1]
-        self.assertIsInstance(site, Site)
-        resource = site.resource
-        self.assertIsInstance(resource, _APIResource)
-        return resource.server
+        factory = self.reactor.tcpServers[0][1]
+        self.assertIsInstance(factory, ProxyServerFactory)
+        return factory.server
 
     def warnings(self) -> list[str]:
         return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]
 
     def test_listensOnLoopback(self) -> None:
         """
-        The site listens on 127.0.0.1:8900 by default.
+        The server listens on 127.0.0.1:8900 by default.
         """
         self.make([])
         port, _, _, interface = self.reactor.tcpServers[0]

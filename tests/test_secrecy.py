@@ -109,12 +109,12 @@ class TokenSecrecyTests(TestCase):
         server = LocalSpriteServer(reactor, TOKEN, sprites={"demo"})
         other = LocalSpriteServer(reactor, OTHER_TOKEN)
         self.show(server, other)
-        plain = (await listen(self, reactor, server.site()))[0].getHost().port
-        wrong = (await listen(self, reactor, other.site()))[0].getHost().port
+        plain = (await listen(self, reactor, server.factory()))[0].getHost().port
+        wrong = (await listen(self, reactor, other.factory()))[0].getHost().port
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         description = sharedPKI().expired.serverDescription(directory, "expired")
-        tls = (await listen(self, reactor, server.site(), description))[0].getHost().port
+        tls = (await listen(self, reactor, server.factory(), description))[0].getHost().port
 
         def client(url: str, **kw: Any) -> SpritesClient:
             kw.setdefault("trustRoot", sharedPKI().writeCA(directory))

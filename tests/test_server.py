@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from sprites_twisted.server import TargetPolicy, parseProxyPath
+from sprites_twisted.server import (
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_REQUEST_HEADER,
+    TargetPolicy,
+    parseProxyPath,
+)
 from sprites_twisted.testing import TEST_TOKEN, MemorySprite
 
 
@@ -22,12 +29,26 @@ class RawHTTP(Protocol):
     def __init__(self, request: bytes) -> None:
         self.request = request
         self.response = b""
+        self.closed = False
 
     def connectionMade(self) -> None:
         self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
         self.response += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed = True
+
+
+def send(sprite: MemorySprite, raw: bytes) -> RawHTTP:
+    """
+    Send C{raw} bytes to the server; the protocol collects the answer.
+    """
+    client = RawHTTP(raw)
+    sprite.apiEndpoint.connect(Factory.forProtocol(lambda: client))
+    sprite.flush()
+    return client
 
 
 def request(
@@ -143,6 +164,127 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(status, 429)
         self.assertEqual(headers[b"retry-after"], b"1")
         self.assertEqual(json.loads(body)["retry_after_seconds"], 1)
+
+
+class ResponseTests(SynchronousTestCase):
+    """
+    Refusals are complete HTTP/1.1 responses, limited in size and time,
+    and logged in one line without headers.
+    """
+
+    def setUp(self) -> None:
+        self.sprite = MemorySprite(sprites=["demo"])
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_responseShape(self) -> None:
+        """
+        A refusal has a status line, a JSON content type, the body's length
+        and C{Connection: close}, and the server closes the connection.
+        """
+        client = send(self.sprite, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = client.response.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.assertEqual(lines[0], b"HTTP/1.1 404 Not Found")
+        self.assertIn(b"Content-Type: application/json", lines)
+        self.assertIn(b"Content-Length: %d" % len(body), lines)
+        self.assertIn(b"Connection: close", lines)
+        self.assertEqual(json.loads(body)["error"], "not_found")
+        self.assertTrue(client.closed)
+
+    def test_queryIgnoredInRouting(self) -> None:
+        """
+        A query string does not change the route.
+        """
+        status, _, _ = request(
+            self.sprite,
+            b"/v1/sprites/demo/proxy?x=1",
+            {b"Authorization": b"Bearer " + TEST_TOKEN.encode(), **UPGRADE},
+        )
+        self.assertEqual(status, 101)
+
+    def test_otherMethodAfterRouting(self) -> None:
+        """
+        Past routing and auth, Autobahn validates the upgrade itself: a POST
+        is refused (405) and no tunnel is counted.
+        """
+        lines = [b"POST /v1/sprites/demo/proxy HTTP/1.1", b"Host: x"]
+        lines += [k + b": " + v for k, v in UPGRADE.items()]
+        lines.append(b"Authorization: Bearer " + TEST_TOKEN.encode())
+        client = send(self.sprite, b"\r\n".join(lines) + b"\r\n\r\n")
+        self.assertTrue(client.response.startswith(b"HTTP/1.1 405 "))
+        self.assertTrue(client.closed)
+        self.assertEqual(self.sprite.server.tunnels, set())
+
+    def test_malformedRequestLine(self) -> None:
+        """
+        A request line that is not three words is 400.
+        """
+        client = send(self.sprite, b"HELLO\r\n\r\n")
+        self.assertTrue(client.response.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertTrue(client.closed)
+
+    def test_headerTooLarge(self) -> None:
+        """
+        A request head over the limit is answered 431 without waiting for
+        its end.
+        """
+        client = send(
+            self.sprite,
+            b"GET /v1/sprites/demo/proxy HTTP/1.1\r\nX-Pad: " + b"a" * MAX_REQUEST_HEADER,
+        )
+        self.assertTrue(
+            client.response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        )
+        self.assertTrue(client.closed)
+
+    def test_requestTimeout(self) -> None:
+        """
+        A request head still incomplete after the request timeout is
+        answered 408, and not before.
+        """
+        client = send(self.sprite, b"GET /v1/sprites/demo/proxy HTTP/1.1\r\n")
+        self.sprite.reactor.advance(DEFAULT_REQUEST_TIMEOUT - 0.1)
+        self.sprite.flush()
+        self.assertEqual(client.response, b"")
+        self.sprite.reactor.advance(0.1)
+        self.sprite.flush()
+        self.assertTrue(client.response.startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+        self.assertTrue(client.closed)
+
+    def test_upgradeCancelsRequestTimeout(self) -> None:
+        """
+        Once the upgrade succeeded, the request timeout no longer applies
+        (the init timeout does).
+        """
+        status, _, _ = request(
+            self.sprite,
+            b"/v1/sprites/demo/proxy",
+            {b"Authorization": b"Bearer " + TEST_TOKEN.encode(), **UPGRADE},
+        )
+        self.assertEqual(status, 101)
+        self.assertEqual(len(self.sprite.reactor.getDelayedCalls()), 1)
+
+    def test_refusalsLogged(self) -> None:
+        """
+        Each refused request is logged once with its method, path (no
+        query) and status, never with headers or the token.
+        """
+        request(self.sprite, b"/v1/sprites/demo/control?token=" + TEST_TOKEN.encode(), {})
+        request(
+            self.sprite,
+            b"/v1/sprites/demo/proxy",
+            {b"Authorization": b"Bearer wrong-" + TEST_TOKEN.encode(), **UPGRADE},
+        )
+        lines = [formatEvent(e) for e in self.events if "refused" in e.get("log_format", "")]
+        self.assertEqual(
+            lines,
+            [
+                "refused GET '/v1/sprites/demo/control': HTTP 404 (not_found)",
+                "refused GET '/v1/sprites/demo/proxy': HTTP 401 (unauthorized)",
+            ],
+        )
+        for event in self.events:
+            self.assertNotIn(TEST_TOKEN, formatEvent(event))
 
 
 class PathTests(SynchronousTestCase):

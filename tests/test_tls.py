@@ -24,7 +24,7 @@ from tests.helpers import (
     LogCapture,
     TrackingFactory,
     connectLocal,
-    countingSite,
+    countingFactory,
     echoFactory,
     listen,
     roundTrip,
@@ -50,9 +50,9 @@ class TLSTestMixin:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.caPath = sharedPKI().writeCA(directory)
-        site, self.requests = countingSite(LocalSpriteServer(reactor, TOKEN))
+        self.requests = countingFactory(LocalSpriteServer(reactor, TOKEN))
         port, tracked = await listen(
-            self, reactor, site, certificate.serverDescription(directory, "server")
+            self, reactor, self.requests, certificate.serverDescription(directory, "server")
         )
         echoPort, _ = await listen(self, reactor, echoFactory())
         self.echoPort = echoPort.getHost().port
