@@ -30,10 +30,12 @@ from typing import Any
 
 from autobahn.websocket import USES_NVX
 
-__all__ = ["BINARY_FIN", "NATIVE_MASKING", "frameHeader", "binaryFrame", "unmask"]
+__all__ = ["BINARY_FIN", "TEXT_FIN", "NATIVE_MASKING", "frameHeader", "dataFrame", "unmask"]
 
 #: First header byte of an unfragmented binary frame: FIN, no RSV, opcode 2.
 BINARY_FIN = 0x82
+#: First header byte of an unfragmented text frame: FIN, no RSV, opcode 1.
+TEXT_FIN = 0x81
 
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
@@ -109,13 +111,14 @@ def _xorNative(buf: bytearray, start: int, mask: bytes) -> None:
 _xorInPlace = _xorNative if NATIVE_MASKING else _xorIntegers
 
 
-def binaryFrame(payload: bytes | memoryview, masked: bool) -> bytes:
+def dataFrame(payload: bytes | memoryview, masked: bool, first: int = BINARY_FIN) -> bytes:
     """
-    One unfragmented binary frame carrying C{payload}: header and payload
-    in one C{bytes}, ready for a single transport write.  A C{masked} frame
-    (client to server) gets a fresh random masking key.
+    One unfragmented data frame (binary unless C{first} is L{TEXT_FIN})
+    carrying C{payload}: header and payload in one C{bytes}, ready for a
+    single transport write.  A C{masked} frame (client to server) gets a
+    fresh random masking key.
     """
-    header = frameHeader(len(payload), masked)
+    header = frameHeader(len(payload), masked, first)
     if not masked:
         return header + payload
     mask = os.urandom(4)

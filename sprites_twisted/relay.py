@@ -37,7 +37,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted._framing import BINARY_FIN, binaryFrame, unmask
+from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmask
 
 __all__ = [
     "quietAutobahnLogger",
@@ -49,6 +49,7 @@ __all__ = [
     "SharedOptionsFactoryMixin",
     "MAX_SEND_CHUNK",
     "isTLSFailure",
+    "sendMessage",
 ]
 
 #: Writes larger than this are sent as several WebSocket messages, so that
@@ -240,6 +241,41 @@ def _framingOf(ws: Any) -> bool | None:
     if masked and not ws.applyMask:
         return None
     return masked
+
+
+_CHECK: Any = object()
+
+
+def sendMessage(
+    ws: Any, payload: bytes | memoryview, isBinary: bool = True, masked: Any = _CHECK
+) -> None:
+    """
+    Send C{payload} as one unfragmented message on C{ws}, an open Autobahn
+    protocol.
+
+    What Autobahn's C{sendMessage} does for a connection without
+    compression, fragmentation, frame logging or timing (ours), minus its
+    per-frame overhead (see L{_framing}): build the frame (masked with a
+    fresh key when this side masks), count it in C{trafficStats}, write it
+    in one transport write.  Anything else goes through C{ws.sendMessage}.
+
+    :param masked: what L{_framingOf} says for C{ws}, when the caller
+        keeps it.
+    """
+    if masked is _CHECK:
+        masked = _framingOf(ws)
+    n = len(payload)
+    if masked is None or ws.send_queue or 0 < ws.maxMessagePayloadSize < n:
+        ws.sendMessage(bytes(payload), isBinary=isBinary)
+        return
+    frame = dataFrame(payload, masked, BINARY_FIN if isBinary else TEXT_FIN)
+    stats = ws.trafficStats
+    stats.outgoingWebSocketMessages += 1
+    stats.outgoingWebSocketFrames += 1
+    stats.outgoingOctetsAppLevel += n
+    stats.outgoingOctetsWebSocketLevel += n
+    stats.outgoingOctetsWireLevel += len(frame)
+    ws.transport.write(frame)
 
 
 class StreamingWebSocketMixin:
@@ -515,32 +551,10 @@ class WebSocketStreamTransport:
     _framesChecked = False
 
     def _sendBinary(self, ws: Any, payload: bytes | memoryview) -> None:
-        """
-        Send C{payload} as one unfragmented binary message.
-
-        What Autobahn's C{sendMessage} does for a binary message on a
-        connection without compression, fragmentation, frame logging or
-        timing (ours), minus its per-frame overhead (see L{_framing}): build
-        the frame (masked with a fresh key when this side masks), count it
-        in C{trafficStats}, write it.  Anything else goes through
-        C{sendMessage}.
-        """
         if not self._framesChecked:
             self._framesChecked = True
             self._masked = _framingOf(ws)
-        masked = self._masked
-        n = len(payload)
-        if masked is None or ws.send_queue or 0 < ws.maxMessagePayloadSize < n:
-            ws.sendMessage(bytes(payload), isBinary=True)
-            return
-        frame = binaryFrame(payload, masked)
-        stats = ws.trafficStats
-        stats.outgoingWebSocketMessages += 1
-        stats.outgoingWebSocketFrames += 1
-        stats.outgoingOctetsAppLevel += n
-        stats.outgoingOctetsWebSocketLevel += n
-        stats.outgoingOctetsWireLevel += len(frame)
-        ws.transport.write(frame)
+        sendMessage(ws, payload, True, self._masked)
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))

@@ -58,6 +58,7 @@ from sprites_twisted.relay import (
     WebSocketStreamTransport,
     isTLSFailure,
     quietAutobahnLogger,
+    sendMessage,
     splice,
 )
 from sprites_twisted.wire import MAX_INIT_SIZE, InitError, encodeReply, formatTarget, parseInit
@@ -435,7 +436,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         self._state = _RELAYING
         self._target = target
         self._targetOpen = True
-        self.sendMessage(encodeReply("connected", target=self._targetName), isBinary=False)
+        sendMessage(self, encodeReply("connected", target=self._targetName), isBinary=False)
         server = self.factory.server
         stream = WebSocketStreamTransport(
             self,

@@ -47,6 +47,7 @@ from sprites_twisted.relay import (
     WebSocketStreamTransport,
     isTLSFailure,
     quietAutobahnLogger,
+    sendMessage,
 )
 from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
 
@@ -409,7 +410,7 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
 
     def onOpen(self) -> None:
         self._state = _AWAITING
-        self.sendMessage(self.attempt.initMessage, isBinary=False)
+        sendMessage(self, self.attempt.initMessage, isBinary=False)
 
     # Handshake reply and relay
 

@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted import _framing
-from sprites_twisted._framing import binaryFrame, frameHeader, unmask
+from sprites_twisted._framing import TEXT_FIN, dataFrame, frameHeader, unmask
 from sprites_twisted.endpoint import SpriteProxyEndpoint
 from sprites_twisted.testing import (
     TEST_API_URL,
@@ -37,7 +37,7 @@ def reference(payload: bytes, mask: bytes) -> bytes:
 
 class FrameTests(SynchronousTestCase):
     """
-    Frames built by L{binaryFrame}.
+    Frames built by L{dataFrame}.
     """
 
     def test_headerLengths(self) -> None:
@@ -53,8 +53,9 @@ class FrameTests(SynchronousTestCase):
         """
         A server frame is header then payload, unmasked.
         """
-        self.assertEqual(binaryFrame(b"abc", False), b"\x82\x03abc")
-        self.assertEqual(binaryFrame(memoryview(b"abc"), False), b"\x82\x03abc")
+        self.assertEqual(dataFrame(b"abc", False), b"\x82\x03abc")
+        self.assertEqual(dataFrame(memoryview(b"abc"), False), b"\x82\x03abc")
+        self.assertEqual(dataFrame(b"{}", False, TEXT_FIN), b"\x81\x02{}")
 
     def test_masked(self) -> None:
         """
@@ -63,7 +64,7 @@ class FrameTests(SynchronousTestCase):
         """
         for size in (0, 1, 125, 126, 1000, 0xFFFF, 0x10000, 100_003):
             payload = random.Random(size).randbytes(size)
-            frame = binaryFrame(payload, True)
+            frame = dataFrame(payload, True)
             frames, rest = wsfake.parseClientFrames(frame)
             self.assertEqual((frames, rest), ([(0x2, payload)], b""), size)
             self.assertTrue(frame[1] & 0x80)
@@ -72,7 +73,7 @@ class FrameTests(SynchronousTestCase):
         """
         Every masked frame gets its own key.
         """
-        keys = {binaryFrame(b"same", True)[2:6] for _ in range(8)}
+        keys = {dataFrame(b"same", True)[2:6] for _ in range(8)}
         self.assertGreater(len(keys), 1)
 
     def test_nativeAndFallbackAgree(self) -> None:
@@ -248,7 +249,7 @@ class ServerReceiveTests(SynchronousTestCase):
             client.transport.write(bytes([0x81, 0x80 | len(init)]) + b"\0\0\0\0" + init)
             sprite.flush()
             payloads = [rng.randbytes(n) for n in (1, 200, 70_000, 0, 3000)]
-            stream = b"".join(binaryFrame(p, True) for p in payloads)
+            stream = b"".join(dataFrame(p, True) for p in payloads)
             for piece in pieces(stream, rng, largest):
                 client.transport.write(piece)
                 sprite.flush()
