@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
     IDelayedCall,
+    IProtocol,
     IPushProducer,
     IReactorTime,
     ITransport,
@@ -80,7 +81,9 @@ def quietAutobahnLogger() -> Any:
     report once per tunnel, so they are dropped too; errors and failures
     (a bug in a callback) still show.
     """
-    logger = txaio.make_logger()
+    # txaio binds make_logger when a framework is chosen (Autobahn's Twisted
+    # modules choose Twisted), so its stubs do not know it.
+    logger = txaio.make_logger()  # type: ignore[attr-defined]
     logger.set_log_level("error", keep=True)
     return logger
 
@@ -168,6 +171,10 @@ class Pipe(Protocol):
 
     peer: Pipe | None = None
     bytesIn = 0
+    # A TCP transport or a WebSocketStreamTransport: each is an ITransport,
+    # an IConsumer and an IPushProducer, an intersection of interfaces that
+    # the type checker cannot spell.
+    transport: Any
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
@@ -519,11 +526,11 @@ class WebSocketStreamTransport:
         self._peer = peer
         self._clock = clock
         self._closeTimeout = closeTimeout
-        self._protocol: Protocol | None = None
+        self._protocol: IProtocol | None = None
         self._timers: list[IDelayedCall] = []
         self.bytesWritten = 0
 
-    def attach(self, protocol: Protocol) -> None:
+    def attach(self, protocol: IProtocol) -> None:
         """
         Connect C{protocol} to this transport (calls its C{makeConnection}).
         """

@@ -201,7 +201,9 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
     log = quietAutobahnLogger()
     _log = Logger()
     maxTextSize = MAX_INIT_SIZE
-    factory: ProxyServerFactory
+    # A ProxyServerFactory (annotated loosely: Twisted's Factory.protocol
+    # type wants protocols whose factory may be any Factory).
+    factory: Any
     spriteName = ""
     _state = _AWAITING_INIT
     _initTimer: IDelayedCall | None = None
@@ -210,6 +212,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
     _wsPipe: Pipe | None = None
     _target: _TargetPipe | None = None
     _targetName = "?"
+    _targetAddress: tuple[str, int] = ("", 0)
     _started = 0.0
 
     _routed = False
@@ -410,6 +413,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
             return
         server = self.factory.server
         self._targetName = formatTarget(init.host, init.port)
+        self._targetAddress = (init.host, init.port)
         if not server.policy.allows(init.host):
             self._refuse(f"target {self._targetName} is not allowed by this server")
             return
@@ -438,10 +442,11 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         self._targetOpen = True
         sendMessage(self, encodeReply("connected", target=self._targetName), isBinary=False)
         server = self.factory.server
+        assert self.transport is not None  # the WebSocket is open
         stream = WebSocketStreamTransport(
             self,
             self.transport.getHost(),
-            SpriteAddress(self.spriteName, *self._targetName.rsplit(":", 1)),  # type: ignore[arg-type]
+            SpriteAddress(self.spriteName, *self._targetAddress),
             server.reactor,
             server.closeTimeout,
         )

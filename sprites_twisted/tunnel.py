@@ -24,8 +24,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.protocol import parseHttpHeader
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
 from sprites_twisted import __version__
@@ -261,8 +261,8 @@ class TunnelAttempt:
 
     def __init__(
         self,
-        deferred: Deferred[Protocol],
-        protocolFactory: Factory,
+        deferred: Deferred[IProtocol],
+        protocolFactory: IProtocolFactory,
         initMessage: bytes,
         peerAddress: SpriteAddress,
         clock: IReactorTime,
@@ -288,6 +288,7 @@ class TunnelAttempt:
             proto.dropConnection(abort=True)
             return None
         self.done = True
+        assert proto.transport is not None  # it just delivered the reply
         stream = WebSocketStreamTransport(
             proto,
             proto.transport.getHost(),
