@@ -30,7 +30,15 @@ from typing import Any
 
 from autobahn.websocket import USES_NVX
 
-__all__ = ["BINARY_FIN", "TEXT_FIN", "NATIVE_MASKING", "frameHeader", "dataFrame", "unmask"]
+__all__ = [
+    "BINARY_FIN",
+    "TEXT_FIN",
+    "NATIVE_MASKING",
+    "frameHeader",
+    "dataFrame",
+    "unmask",
+    "unmaskInto",
+]
 
 #: First header byte of an unfragmented binary frame: FIN, no RSV, opcode 2.
 BINARY_FIN = 0x82
@@ -130,14 +138,24 @@ def dataFrame(payload: bytes | memoryview, masked: bool, first: int = BINARY_FIN
     return bytes(buf)
 
 
+def unmaskInto(buf: bytearray, data: bytes | memoryview, mask: bytes, offset: int) -> None:
+    """
+    Append C{data}, frame payload that starts C{offset} bytes into a frame
+    masked with C{mask}, to C{buf}, unmasked.
+    """
+    k = offset & 3
+    if k:
+        mask = mask[k:] + mask[:k]
+    start = len(buf)
+    buf += data
+    _xorInPlace(buf, start, mask)
+
+
 def unmask(data: bytes | memoryview, mask: bytes, offset: int) -> bytes:
     """
     Unmask C{data}, the frame payload that starts C{offset} bytes into a
     frame masked with C{mask}.
     """
-    k = offset & 3
-    if k:
-        mask = mask[k:] + mask[:k]
-    buf = bytearray(data)
-    _xorInPlace(buf, 0, mask)
+    buf = bytearray()
+    unmaskInto(buf, data, mask, offset)
     return bytes(buf)

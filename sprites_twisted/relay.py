@@ -38,7 +38,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmask
+from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmaskInto
 
 __all__ = [
     "quietAutobahnLogger",
@@ -332,8 +332,10 @@ class StreamingWebSocketMixin:
         unfragmented binary frames; hand anything else to Autobahn.
 
         Autobahn calls this in a loop while it returns C{True}.  Unlike
-        Autobahn, the buffer is walked by offset and cut once at the end,
-        and a masked payload is unmasked in a single pass.  What Autobahn
+        Autobahn, the buffer is walked by offset and cut once at the end, and
+        the payload of all the frames it holds is delivered at once (one
+        copy, unmasked in a single pass; none when one frame's payload is
+        the whole read), before anything is left to Autobahn.  What Autobahn
         would reject or treat specially (reserved bits, wrong masking,
         non-minimal lengths, frames over C{maxFramePayloadSize}, a binary
         frame inside a fragmented message, compression, frame logging) is
@@ -349,6 +351,10 @@ class StreamingWebSocketMixin:
         data = self.data
         size = len(data)
         pos = 0
+        # Payload found so far: (start, length) pieces of data when frames
+        # are unmasked, or the unmasked bytes themselves.
+        pieces: list[tuple[int, int]] = []
+        unmasked: bytearray | None = None
         while True:
             left = self._rxLeft
             if left:
@@ -358,20 +364,17 @@ class StreamingWebSocketMixin:
                 take = left if left < avail else avail
                 mask = self._rxMask
                 if mask is not None:
-                    payload = unmask(memoryview(data)[pos : pos + take], mask, self._rxDone)
-                elif take == size:
-                    payload = data
+                    if unmasked is None:
+                        unmasked = bytearray()
+                    unmaskInto(unmasked, memoryview(data)[pos : pos + take], mask, self._rxDone)
                 else:
-                    payload = data[pos : pos + take]
+                    pieces.append((pos, take))
                 pos += take
                 left -= take
                 self._rxLeft = left
                 self._rxDone += take
-                self._frameData(payload)
                 if not left:
                     self._frameEnd()
-                if self.state == _CLOSED:
-                    break
                 continue
             avail = size - pos
             if avail < 2:
@@ -384,7 +387,7 @@ class StreamingWebSocketMixin:
                 or bool(masked) != bool(self.factory.isServer)
                 or (masked and not self.applyMask)  # type: ignore[attr-defined]
             ):
-                return self._autobahnFrom(pos)
+                return self._autobahnFrom(data, pos, pieces, unmasked)
             length = second & 0x7F
             headerSize = (6 if masked else 2) + (2 if length == 126 else 8 if length == 127 else 0)
             if avail < headerSize:
@@ -392,13 +395,13 @@ class StreamingWebSocketMixin:
             if length == 126:
                 length = _LEN16.unpack_from(data, pos + 2)[0]
                 if length < 126:
-                    return self._autobahnFrom(pos)
+                    return self._autobahnFrom(data, pos, pieces, unmasked)
             elif length == 127:
                 length = _LEN64.unpack_from(data, pos + 2)[0]
                 if length < 0x10000 or length > 0x7FFFFFFFFFFFFFFF:
-                    return self._autobahnFrom(pos)
+                    return self._autobahnFrom(data, pos, pieces, unmasked)
             if 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
-                return self._autobahnFrom(pos)
+                return self._autobahnFrom(data, pos, pieces, unmasked)
             pos += headerSize
             self._rxMask = data[pos - 4 : pos] if masked else None
             self._rxLeft = length
@@ -409,15 +412,37 @@ class StreamingWebSocketMixin:
                 self._frameEnd()
         if pos:
             self.data = data[pos:]
+        self._deliverPieces(data, pieces, unmasked)
         return False
 
-    def _autobahnFrom(self, pos: int) -> bool:
+    def _autobahnFrom(
+        self, data: bytes, pos: int, pieces: list[tuple[int, int]], unmasked: bytearray | None
+    ) -> bool:
         """
-        Leave the buffer from C{pos} (a frame header) to Autobahn.
+        Deliver what was found, then leave the buffer from C{pos} (a frame
+        header) to Autobahn.
         """
         if pos:
-            self.data = self.data[pos:]
+            self.data = data[pos:]
+        self._deliverPieces(data, pieces, unmasked)
+        if self.state == _CLOSED:
+            return False
         return super().processData()  # type: ignore[misc,no-any-return]
+
+    def _deliverPieces(
+        self, data: bytes, pieces: list[tuple[int, int]], unmasked: bytearray | None
+    ) -> None:
+        """
+        Hand the payload found in C{data} to L{binaryReceived}, at once.
+        """
+        if unmasked:
+            self._frameData(bytes(unmasked))
+        elif len(pieces) == 1:
+            start, length = pieces[0]
+            self._frameData(data if length == len(data) else data[start : start + length])
+        elif pieces:
+            view = memoryview(data)
+            self._frameData(b"".join([view[start : start + n] for start, n in pieces]))
 
     def _frameData(self, payload: bytes) -> None:
         """
