@@ -98,7 +98,7 @@ def memoryRows(
 def tables(r: dict[str, Any]) -> str:
     s = r["sizes"]
     size = s["bulk"] / (1 << 20)
-    sizeText = f"{size / 1024:g} GiB" if size >= 1024 else f"{size:g} MiB"
+    bulkText = f"{size / 1024:g} GiB" if size >= 1024 else f"{size:g} MiB"
     parts = []
 
     rows = []
@@ -115,7 +115,7 @@ def tables(r: dict[str, Any]) -> str:
             ]
         )
     parts.append(
-        f"**Bulk throughput**, {sizeText} per transfer, MB/s (10^6 bytes/s; echo: each "
+        f"**Bulk throughput**, {bulkText} per transfer, MB/s (10^6 bytes/s; echo: each "
         f"direction, both at once), median of {s['bulkReps']}\n\n"
         + table(
             [
@@ -185,7 +185,7 @@ def tables(r: dict[str, Any]) -> str:
     slow = r["slow"]
     rows = memoryRows(slow, ("client", "server"), "baseline", "peak", "aboveMiB")
     parts.append(
-        f"**Slow reader**: {s['slowSize'] >> 20} MiB pulled through the tunnel at "
+        f"**Slow reader**: {formatSize(s['slowSize'])} pulled through the tunnel at "
         f"{slow['rateMBps']:.1f} MB/s (paced to {s['slowRate'] / 1e6:g} MB/s)\n\n"
         + table(["process", "idle RSS MiB", "peak RSS MiB", "peak above idle MiB"], rows)
     )
@@ -205,8 +205,9 @@ def machineText(r: dict[str, Any]) -> str:
     return (
         f"- {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}\n"
         f"- Python {m['python']}, Twisted {m['twisted']}, autobahn {m['autobahn']}\n"
-        f"- Autobahn NVX masking: {'available' if m['nvx'] else 'NOT available'}; masker class "
-        f"in the client: `{masker.get('client', '?')}`, in the server: `{masker.get('server', '?')}`\n"
+        f"- Autobahn NVX masking: {'available' if m['nvx'] else 'NOT available'}; the relay's "
+        f"framing masks and unmasks with (client) `{masker.get('client', '?')}`, "
+        f"(server) `{masker.get('server', '?')}`\n"
         f"- measured {m['date']}; the whole run took {r['seconds']:.0f} s"
     )
 
@@ -283,6 +284,11 @@ def keptNotes() -> str:
     return f"{NOTES_START}\n(what the profiles show goes here)\n{NOTES_END}"
 
 
+def formatSize(size: int) -> str:
+    """C{size} bytes as GiB or MiB."""
+    return f"{size >> 30} GiB" if size % (1 << 30) == 0 else f"{size >> 20} MiB"
+
+
 def render(r: dict[str, Any], write: bool = True) -> str:
     """The printed report; with C{write}, also the doc page and the plot."""
     printed = tables(r) + "\n\n**Targets**\n\n" + targetsTable(r) + "\n\n" + machineText(r)
@@ -295,7 +301,7 @@ How much a tunnel costs over a plain TCP relay, measured by `make bench`
 (`bench/run.py`) on loopback: the load generator connects to a local port
 forwarded by the tunnel client (`SpritesClient.proxyPort`, what
 `twistd sprites-proxy` runs) through the local sprite server
-(`LocalSpriteServer.site()`, what `twistd sprites-local` runs) to a target
+(`LocalSpriteServer.factory()`, what `twistd sprites-local` runs) to a target
 process, every one of them a separate process.  The baselines carry the same
 transfers in the same run: **direct** is raw loopback TCP to the target,
 **portforward** is one process running Twisted's own
@@ -328,11 +334,9 @@ rewrites this page (this page's notes section is kept) and the plot, and
 leaves the raw figures in `bench/results/latest.json` (not committed) and
 the relay processes' logs in `bench/results/*.log`.  `BENCH_QUICK=1 make
 bench` runs every workload small, as a smoke test, without touching this
-page.  Sizes: {"1 GiB" if r["sizes"]["bulk"] == 1 << 30 else r["sizes"]["bulk"]} per bulk
-transfer as issue 5 asks; the slow reader pulls
-{r["sizes"]["slowSize"] >> 20} MiB instead of 1 GiB (at 10 MB/s a GiB would take
-almost two minutes on its own; memory reaches its plateau within the first
-seconds, so the smaller pull shows the same peak).
+page.  Sizes, as issue 5 asks: {formatSize(r["sizes"]["bulk"])} per bulk
+transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 MB/s
+(almost two minutes of the run on its own).
 
 ## Notes
 

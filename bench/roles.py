@@ -128,11 +128,10 @@ def runTarget(port: int = 0) -> None:
 
 
 def maskerInUse() -> str:
-    """The class Autobahn's frame code masks with (NVX: ``XorMaskerShifted1`` from nvx)."""
-    from autobahn.websocket import protocol
+    """How the relay masks its frames (``_framing``): Autobahn's compiled NVX masker or not."""
+    from sprites_twisted import _framing
 
-    cls = type(protocol.create_xor_masker(b"abcd", 4096))
-    return f"{cls.__module__}.{cls.__name__}"
+    return "nvx_xormask_process" if _framing.NATIVE_MASKING else "pure-Python-XOR"
 
 
 def startLogging(role: str) -> None:

@@ -45,7 +45,7 @@ SETUP_REPS = 1 if QUICK else 3
 PING_N = 500 if QUICK else 2000
 PING_REPS = 1 if QUICK else 3
 IDLE_N = 500 if QUICK else 5000
-SLOW_SIZE = 32 * MiB if QUICK else 256 * MiB
+SLOW_SIZE = 32 * MiB if QUICK else GiB
 SLOW_RATE = 10e6
 #: The whole run is killed after this many seconds.
 DEADLINE = 900
