@@ -99,9 +99,7 @@ class LocalProxyProtocol(Pipe):
         d = factory.endpoint.connect(_TunnelSideFactory(self))
         self._connecting = d
         d.addCallbacks(self._tunnelUp, self._tunnelFailed)
-        d.addErrback(
-            lambda f: self.log.failure("Unexpected error in a local connection", f)
-        )
+        d.addErrback(lambda f: self.log.failure("Unexpected error in a local connection", f))
 
     def _tunnelUp(self, tunnel: _TunnelSide) -> None:
         self._connecting = None
