@@ -25,6 +25,7 @@ from typing import Any
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -41,6 +42,8 @@ from zope.interface import implementer
 from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmaskInto
 
 __all__ = [
+    "NORMAL_CLOSE_CODES",
+    "closeFailure",
     "quietAutobahnLogger",
     "SpriteAddress",
     "Pipe",
@@ -157,6 +160,24 @@ class SpriteAddress:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.spriteName} {host}:{self.port}"
+
+
+#: Close codes that end a relayed stream normally (``None``/1005: no code).
+NORMAL_CLOSE_CODES = (None, 1000, 1001, 1005)
+
+
+def closeFailure(wasClean: bool, code: int | None, reason: str | None) -> Failure:
+    """
+    How a relayed stream ended, as the Failure its protocol gets: a clean
+    close with a normal code is C{ConnectionDone}, anything else
+    C{ConnectionLost} naming the code and reason.
+    """
+    if wasClean and code in NORMAL_CLOSE_CODES:
+        return Failure(ConnectionDone())
+    text = f"tunnel closed (code {code})"
+    if reason:
+        text += f": {reason}"
+    return Failure(ConnectionLost(text))
 
 
 class Pipe(Protocol):

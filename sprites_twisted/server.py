@@ -44,7 +44,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -56,6 +56,7 @@ from sprites_twisted.relay import (
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
+    closeFailure,
     isTLSFailure,
     quietAutobahnLogger,
     sendMessage,
@@ -94,7 +95,6 @@ _REASONS = {
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
 }
-_NORMAL_CLOSE_CODES = (None, 1000, 1001, 1005)
 
 
 def parseProxyPath(path: bytes) -> str | None:
@@ -499,11 +499,7 @@ class ProxyServerProtocol(StreamingWebSocketMixin, WebSocketServerProtocol):  # 
         server = self.factory.server
         stream, self._stream = self._stream, None
         if stream is not None:
-            if wasClean and code in _NORMAL_CLOSE_CODES:
-                lost = Failure(ConnectionDone())
-            else:
-                lost = Failure(ConnectionLost(f"tunnel closed (code {code})"))
-            stream.deliverConnectionLost(lost)
+            stream.deliverConnectionLost(closeFailure(wasClean, code, reason))
         if state == _RELAYING:
             wsPipe, target = self._wsPipe, self._target
             self._log.info(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import parseHttpHeader
 from autobahn.websocket.types import ConnectingRequest
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -45,6 +45,7 @@ from sprites_twisted.relay import (
     SpriteAddress,
     StreamingWebSocketMixin,
     WebSocketStreamTransport,
+    closeFailure,
     isTLSFailure,
     quietAutobahnLogger,
     sendMessage,
@@ -70,7 +71,6 @@ MAX_ERROR_BODY = 8 * 1024
 MAX_RESPONSE_HEADER = 16 * 1024
 
 _UPGRADING, _AWAITING, _RELAYING, _CLOSED = range(4)
-_NORMAL_CLOSE_CODES = (None, 1000, 1001, 1005)
 
 
 def _decodeBody(headers: dict[str, str], body: bytes) -> bytes:
@@ -474,14 +474,7 @@ class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  #
             stream, self._stream = self._stream, None
             if stream is None:
                 return
-            if wasClean and code in _NORMAL_CLOSE_CODES:
-                lost = Failure(ConnectionDone())
-            else:
-                text = f"tunnel closed (code {code})"
-                if reason:
-                    text += f": {reason}"
-                lost = Failure(ConnectionLost(text))
-            stream.deliverConnectionLost(lost)
+            stream.deliverConnectionLost(closeFailure(wasClean, code, reason))
             return
         self.attempt.failed(self._failureFor(state, wasClean, code, reason))
 
