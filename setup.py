@@ -24,12 +24,17 @@ setup(
     # plugins): list it explicitly so that the plugin modules get installed.
     packages=find_packages(include=["sprites_twisted", "sprites_twisted.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["sprites_twisted_*.py"]},
+    # Lower bounds are the oldest versions the whole test suite was run
+    # against: Twisted 26.10 is the first whose twistd exits non-zero on a
+    # usage error; autobahn 25.9.1 is the first with the NVX masker flag our
+    # framing uses; service-identity 24.2 works with pyOpenSSL 25+ (24.1
+    # calls the removed X509.get_extension).
     install_requires=[
-        "Twisted[tls]>=24.7.0",
-        "autobahn>=24.4.2",
-        "zope.interface>=6.0",
-        "service-identity>=24.1.0",
-        "pyOpenSSL>=24.0.0",
+        "Twisted[tls]>=26.10.0",
+        "autobahn>=25.9.1",
+        "zope.interface>=8.0",
+        "service-identity>=24.2.0",
+        "pyOpenSSL>=25.3.0",
         "idna>=3.6",
     ],
     extras_require={
