@@ -81,6 +81,7 @@ class TwistdProcess(ProcessProtocol):
         self.exitCode: int | None = None
         self._onLine = onLine
         self._partial = b""
+        self._lineWaiters: list[tuple[bytes, Deferred[None]]] = []
 
     @staticmethod
     def commandLine(args: Sequence[str]) -> list[str]:
@@ -97,8 +98,30 @@ class TwistdProcess(ProcessProtocol):
         argv = self.commandLine(args)
         reactor.spawnProcess(self, argv[0], argv, env=env, path=path)
 
+    def whenOutput(self, text: str) -> Deferred[None]:
+        """
+        A Deferred that fires once the child has written C{text} (at once if
+        it already has); it fails with C{RuntimeError} if the child exits
+        first.  Readiness and shutdown are then events, not polls.
+        """
+        d: Deferred[None] = Deferred()
+        wanted = text.encode("utf-8")
+        if wanted in self.output:
+            d.callback(None)
+        elif self.exitCode is not None:
+            d.errback(RuntimeError(f"{self.name} exited before writing {text!r}"))
+        else:
+            self._lineWaiters.append((wanted, d))
+        return d
+
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        waiting, self._lineWaiters = self._lineWaiters, []
+        for wanted, d in waiting:
+            if wanted in self.output:
+                d.callback(None)
+            else:
+                self._lineWaiters.append((wanted, d))
         if self._onLine is None:
             return
         lines = (self._partial + data).split(b"\n")
@@ -111,6 +134,9 @@ class TwistdProcess(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         value: Any = reason.value  # ProcessDone or ProcessTerminated
         self.exitCode = value.exitCode if value.exitCode is not None else -value.signal
+        waiting, self._lineWaiters = self._lineWaiters, []
+        for wanted, d in waiting:
+            d.errback(RuntimeError(f"{self.name} exited before writing {wanted!r}"))
         self.ended.callback(self.exitCode)
 
     def terminate(self) -> Deferred[int]:

@@ -16,12 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sprites_twisted.demo import TwistdProcess, freePort, waitForPort
+from sprites_twisted.demo import TwistdProcess, freePort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "e2e-test-token-5ce7b1f0"
@@ -143,9 +142,9 @@ class CommandsTests(TestCase):
             ],
             env,
         )
-        await waitForPort(reactor, apiPort, [local, proxy])
-        await waitForPort(reactor, localPort, [local, proxy])
-        await waitForPort(reactor, deadLocal, [local, proxy])
+        await local.whenOutput(f"ProxyServerFactory starting on {apiPort}")
+        await proxy.whenOutput(f"forwarding 127.0.0.1:{localPort} ")
+        await proxy.whenOutput(f"forwarding 127.0.0.1:{deadLocal} ")
 
         # A tunnel the server refuses closes that connection only.
         dead = await connectProtocol(
@@ -162,15 +161,9 @@ class CommandsTests(TestCase):
 
         proxy.transport.signalProcess("TERM")  # type: ignore[union-attr]
         # The listener goes at once...
-        for _ in range(200):
-            try:
-                probe = await connectProtocol(endpoint, Protocol())
-            except ConnectError:
-                break
-            probe.transport.loseConnection()  # type: ignore[union-attr]
-            await deferLater(reactor, 0.025, lambda: None)
-        else:
-            self.fail("sprites-proxy still listens after SIGTERM")
+        await proxy.whenOutput(f"stopped forwarding 127.0.0.1:{localPort} ")
+        with self.assertRaises(ConnectError):
+            await connectProtocol(endpoint, Protocol())
         # ...the open connection still works while it drains...
         client.transport.write(b"+more")
         self.assertEqual(await client.receive(17).addTimeout(5, reactor), b"hello sprite+more")
