@@ -16,6 +16,7 @@ from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from sprites_twisted.errors import ConfigurationError
+from sprites_twisted.mapping import bracketHost, formatTarget
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -53,7 +54,7 @@ class APIEndpoint(NamedTuple):
         The ``ws://``/``wss://`` URL for C{path} under this base.
         """
         scheme = "wss" if self.secure else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = bracketHost(self.host)
         default = 443 if self.secure else 80
         netloc = host if self.port == default else f"{host}:{self.port}"
         return f"{scheme}://{netloc}{self.basePath}{path}"
@@ -62,8 +63,7 @@ class APIEndpoint(NamedTuple):
         """
         ``host:port``, for error messages.
         """
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return formatTarget(self.host, self.port)
 
 
 def isLoopbackHost(host: str) -> bool:

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprites_twisted.mapping import formatTarget
 from sprites_twisted.relay import Pipe, splice
 
 __all__ = ["LocalProxyProtocol", "LocalProxyFactory", "DEFAULT_LINGER_TIMEOUT"]
@@ -242,9 +243,7 @@ def _describe(address: Any) -> str:
     port = getattr(address, "port", None)
     if host is None:
         return str(address)
-    if ":" in str(host):
-        host = f"[{host}]"
-    return f"{host}:{port}"
+    return formatTarget(str(host), port)
 
 
 class LocalProxyFactory(Factory):

@@ -15,10 +15,34 @@ from dataclasses import dataclass
 
 from sprites_twisted.errors import AddressError, MappingError
 
-__all__ = ["PortMapping", "parseMapping", "parseAddress", "checkHost", "checkPort"]
+__all__ = [
+    "PortMapping",
+    "parseMapping",
+    "parseAddress",
+    "checkHost",
+    "checkPort",
+    "bracketHost",
+    "formatTarget",
+]
 
 _MAX_HOST_LENGTH = 253
 _EXPECTED = "expected PORT, LOCAL:REMOTE or LOCAL:HOST:REMOTE (IPv6 host in brackets)"
+
+
+def bracketHost(host: str) -> str:
+    """
+    C{host} as it goes before ``:port`` or into a URL: IPv6 literals in
+    brackets, anything else unchanged.
+    """
+    return f"[{host}]" if ":" in host else host
+
+
+def formatTarget(host: str, port: object) -> str:
+    """
+    ``host:port``, with IPv6 literals in brackets: the one form every log
+    line, message and repr uses.
+    """
+    return f"{bracketHost(host)}:{port}"
 
 
 def checkPort(value: object, *, allowZero: bool = False) -> int:
@@ -112,10 +136,7 @@ class PortMapping:
         """
         ``host:port`` inside the sprite, IPv6 in brackets, for logs.
         """
-        host = self.targetHost
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.remotePort}"
+        return formatTarget(self.targetHost, self.remotePort)
 
 
 def parseMapping(text: str) -> PortMapping:

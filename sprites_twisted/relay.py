@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmaskInto
+from sprites_twisted.mapping import formatTarget
 
 __all__ = [
     "NORMAL_CLOSE_CODES",
@@ -158,8 +159,7 @@ class SpriteAddress:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.spriteName} {host}:{self.port}"
+        return f"{self.spriteName} {formatTarget(self.host, self.port)}"
 
 
 #: Close codes that end a relayed stream normally (``None``/1005: no code).

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from sprites_twisted.config import isLoopbackHost
 from sprites_twisted.interfaces import IProxySession
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT, LocalProxyFactory
-from sprites_twisted.mapping import PortMapping
+from sprites_twisted.mapping import PortMapping, formatTarget
 
 __all__ = ["ProxySession", "DEFAULT_DRAIN_TIMEOUT", "DEFAULT_INTERFACE"]
 
@@ -108,8 +108,7 @@ class ProxySession(Service):
         """
         ``interface:port`` of the listener, IPv6 in brackets, for logs.
         """
-        host = f"[{self.interface}]" if ":" in self.interface else self.interface
-        return f"{host}:{self.localPort}"
+        return formatTarget(self.interface, self.localPort)
 
     def localAddr(self) -> IAddress | None:
         if self._port is None or self._state != _LISTENING:

@@ -15,7 +15,7 @@ import json
 from typing import Any, NamedTuple
 
 from sprites_twisted.errors import HandshakeError
-from sprites_twisted.mapping import checkHost, checkPort
+from sprites_twisted.mapping import checkHost, checkPort, formatTarget
 
 __all__ = [
     "MAX_INIT_SIZE",
@@ -49,15 +49,6 @@ class Init(NamedTuple):
 
     host: str
     port: int
-
-
-def formatTarget(host: str, port: int) -> str:
-    """
-    ``host:port``, with IPv6 literals in brackets.
-    """
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}"
 
 
 def encodeInit(host: str, port: int) -> bytes:
