@@ -17,7 +17,6 @@ C{lingerTimeout} seconds (the Go SDK drops the reply in that case).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -34,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sprites_twisted.mapping import formatTarget
-from sprites_twisted.relay import Pipe, splice
+from sprites_twisted.relay import OpenSet, Pipe, splice
 
 __all__ = ["LocalProxyProtocol", "LocalProxyFactory", "DEFAULT_LINGER_TIMEOUT"]
 
@@ -271,29 +270,19 @@ class LocalProxyFactory(Factory):
         self.spriteName = spriteName
         self.target = target
         self.lingerTimeout = lingerTimeout
-        self.connections: set[LocalProxyProtocol] = set()
-        self._emptyWaiters: list[Callable[[], None]] = []
+        self.connections = OpenSet()
 
     def connectionStarted(self, proto: LocalProxyProtocol) -> None:
         self.connections.add(proto)
 
     def connectionEnded(self, proto: LocalProxyProtocol) -> None:
         self.connections.discard(proto)
-        if not self.connections:
-            waiters, self._emptyWaiters = self._emptyWaiters, []
-            for waiter in waiters:
-                waiter()
 
     def whenIdle(self) -> Deferred[None]:
         """
         A Deferred that fires when no connection is open.
         """
-        d: Deferred[None] = Deferred()
-        if not self.connections:
-            d.callback(None)
-        else:
-            self._emptyWaiters.append(lambda: d.callback(None))
-        return d
+        return self.connections.whenEmpty()
 
     def abortAll(self) -> None:
         """

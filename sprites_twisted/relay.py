@@ -25,6 +25,7 @@ from typing import Any
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -43,6 +44,7 @@ from sprites_twisted._framing import BINARY_FIN, TEXT_FIN, dataFrame, unmaskInto
 from sprites_twisted.mapping import formatTarget
 
 __all__ = [
+    "OpenSet",
     "NORMAL_CLOSE_CODES",
     "closeFailure",
     "quietAutobahnLogger",
@@ -160,6 +162,36 @@ class SpriteAddress:
 
     def __str__(self) -> str:
         return f"{self.spriteName} {formatTarget(self.host, self.port)}"
+
+
+class OpenSet(set):  # type: ignore[type-arg]
+    """
+    The open connections of a listener or of the local server: a set whose
+    L{whenEmpty} tells when the last one is gone (for draining and clean
+    shutdown).  Only L{discard} removes members.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[Deferred[None]] = []
+
+    def discard(self, item: object) -> None:
+        super().discard(item)
+        if not self:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        A new Deferred that fires once the set is empty; at once if it is.
+        """
+        d: Deferred[None] = Deferred()
+        if self:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
 
 
 #: Close codes that end a relayed stream normally (``None``/1005: no code).

@@ -51,6 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprites_twisted.relay import (
+    OpenSet,
     Pipe,
     SharedOptionsFactoryMixin,
     SpriteAddress,
@@ -611,8 +612,7 @@ class LocalSpriteServer:
         self.maxFramePayloadSize = maxFramePayloadSize
         self.closeTimeout = closeTimeout
         self.targetEndpoint = targetEndpoint
-        self.tunnels: set[ProxyServerProtocol] = set()
-        self._idleWaiters: list[Deferred[None]] = []
+        self.tunnels = OpenSet()
         self.wsFactory = ProxyServerFactory(self)
 
     def __repr__(self) -> str:
@@ -646,22 +646,13 @@ class LocalSpriteServer:
         A tunnel and its target connection are both gone.
         """
         self.tunnels.discard(proto)
-        if not self.tunnels:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
 
     def whenIdle(self) -> Deferred[None]:
         """
         A Deferred that fires once no tunnel (nor its target connection) is
         open; at once if none is.
         """
-        d: Deferred[None] = Deferred()
-        if not self.tunnels:
-            d.callback(None)
-        else:
-            self._idleWaiters.append(d)
-        return d
+        return self.tunnels.whenEmpty()
 
     def factory(self) -> ProxyServerFactory:
         """
