@@ -244,13 +244,20 @@ class ProxySession(Service):
         stopped: Deferred[Any] = defer.succeed(None)
         if self._port is not None:
             stopped = defer.maybeDeferred(self._port.stopListening)
-        if wasListening:
-            self.log.info(
-                "stopped forwarding {local} -> {sprite} {target}",
-                local=local,
-                sprite=self.spriteName,
-                target=self.mapping.describeTarget(),
-            )
+
+        def logStopped(result: Any) -> Any:
+            # Once the port is really closed (a TCP port closes one reactor
+            # turn after stopListening), so the line can be relied upon.
+            if wasListening:
+                self.log.info(
+                    "stopped forwarding {local} -> {sprite} {target}",
+                    local=local,
+                    sprite=self.spriteName,
+                    target=self.mapping.describeTarget(),
+                )
+            return result
+
+        stopped.addBoth(logStopped)
 
         def drain(_: Any) -> Deferred[None]:
             idle = self.factory.whenIdle()
