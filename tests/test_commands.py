@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from sprites_twisted.demo import TwistdProcess, freePort
+from tests.helpers import Echo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "e2e-test-token-5ce7b1f0"
@@ -59,12 +60,6 @@ async def run(args: list[str], env: dict[str, str]) -> tuple[bytes, bytes, int]:
     """
     argv = TwistdProcess.commandLine(args)
     return await getProcessOutputAndValue(argv[0], argv[1:], env=env, path=ROOT, reactor=reactor)
-
-
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
 
 
 class Collector(Protocol):

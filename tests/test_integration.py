@@ -31,6 +31,7 @@ from sprites_twisted.errors import (
 )
 from sprites_twisted.server import LocalSpriteServer
 from tests import wsfake
+from tests.helpers import roundTrip
 
 TOKEN = "integration-token-5f2e"
 reactor: Any = globalReactor
@@ -395,15 +396,6 @@ class RefusalTests(TestCase):
     def warnings(self) -> list[str]:
         return [e["error"] for e in self.events if e["log_level"].name == "warn" and "error" in e]
 
-    async def roundTrip(self, h: Harness, session: Any) -> bytes:
-        local = Tracked()
-        await h.dial(session, local)
-        local.transport.write(b"ping")
-        await local.receivedAtLeast(4)
-        local.transport.loseConnection()
-        await local.lost
-        return b"".join(local.received)
-
     async def refusedConnection(self, h: Harness, session: Any) -> BaseException:
         local = Tracked()
         await h.dial(session, local)
@@ -422,7 +414,7 @@ class RefusalTests(TestCase):
         self.assertEqual(len(self.warnings()), 1)
         self.assertIn("HTTP 401", self.warnings()[0])
         h.server._token = b"not-the-token"
-        self.assertEqual(await self.roundTrip(h, session), b"ping")
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"ping"), b"ping")
 
     async def test_unknownSpriteThenKnown(self) -> None:
         """
@@ -435,7 +427,7 @@ class RefusalTests(TestCase):
         self.assertIn("HTTP 404", self.warnings()[0])
         self.assertIn("no sprite named 'demo'", self.warnings()[0])
         h.server.sprites = frozenset({"demo"})
-        self.assertEqual(await self.roundTrip(h, session), b"ping")
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"ping"), b"ping")
 
     async def test_targetRefusedThenUp(self) -> None:
         """
@@ -454,7 +446,7 @@ class RefusalTests(TestCase):
             TrackingFactory(EchoTarget)
         )
         self.addCleanup(late.stopListening)
-        self.assertEqual(await self.roundTrip(h, session), b"ping")
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"ping"), b"ping")
 
     async def test_proxySocketErrors(self) -> None:
         """
@@ -501,7 +493,7 @@ class RefusalTests(TestCase):
         await self.refusedConnection(h, session)
         self.assertIn("no answer from the sprite within 0.5 s", self.warnings()[-1])
         switch.current = h.server.factory()
-        self.assertEqual(await self.roundTrip(h, session), b"ping")
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"ping"), b"ping")
         self.flushLoggedErrors(TunnelTimeoutError)
 
 

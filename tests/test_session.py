@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 from sprites_twisted import IProxySession, PortMapping, ProxyManager, ProxySession, SpritesClient
 from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
 from sprites_twisted.testing import TEST_TOKEN, FakeProxySession, MemorySprite
+from tests.helpers import Echo
 
 
 class RecordingPort:
@@ -55,11 +56,6 @@ class FailingListenReactor(MemoryReactorClock):
         recording = RecordingPort(IPv4Address("TCP", interface, port or 43210))
         self.ports.append(recording)
         return recording
-
-
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
 
 
 class SessionTests(SynchronousTestCase):

@@ -36,11 +36,7 @@ from sprites_twisted.testing import (
     MemorySprite,
 )
 from tests import wsfake
-
-
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
+from tests.helpers import Echo
 
 
 class Recorder(Protocol):
