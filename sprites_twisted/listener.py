@@ -119,10 +119,8 @@ class LocalProxyProtocol(Pipe):
         self._failed = True
         self.log.warn(
             "tunnel from {peer} to {sprite} {target} failed: {error}",
-            peer=_describe(self.transport.getPeer() if self.transport else None),
-            sprite=self.factory.spriteName,
-            target=self.factory.target,
             error=failure.getErrorMessage(),
+            **self._where(),
         )
         if self.transport is not None:
             self.transport.loseConnection()
@@ -211,30 +209,36 @@ class LocalProxyProtocol(Pipe):
         if self._ended or not self._lost or self._tunnelOpen or self._connecting is not None:
             return
         self._ended = True
-        peer = self.peer
-        if self._brokenBy is not None and not (self._failed or self._aborted):
-            self.log.warn(
-                "tunnel from {peer} to {sprite} {target} broke: {error} "
-                "({sent} bytes sent, {received} bytes received)",
-                peer=_describe(self.transport.getPeer() if self.transport else None),
-                sprite=self.factory.spriteName,
-                target=self.factory.target,
-                error=self._brokenBy.getErrorMessage(),
-                sent=self.bytesIn,
-                received=peer.bytesIn if peer is not None else 0,
-            )
-        elif not self._failed:
-            self.log.info(
-                "connection from {peer} to {sprite} {target} ended: "
-                "{sent} bytes sent, {received} bytes received, {duration:.3f} s",
-                peer=_describe(self.transport.getPeer() if self.transport else None),
-                sprite=self.factory.spriteName,
-                target=self.factory.target,
-                sent=self.bytesIn,
-                received=peer.bytesIn if peer is not None else 0,
-                duration=self.factory.clock.seconds() - self._started,
-            )
+        if not self._failed:
+            peer = self.peer
+            counts = {"sent": self.bytesIn, "received": peer.bytesIn if peer is not None else 0}
+            if self._brokenBy is not None and not self._aborted:
+                self.log.warn(
+                    "tunnel from {peer} to {sprite} {target} broke: {error} "
+                    "({sent} bytes sent, {received} bytes received)",
+                    error=self._brokenBy.getErrorMessage(),
+                    **counts,
+                    **self._where(),
+                )
+            else:
+                self.log.info(
+                    "connection from {peer} to {sprite} {target} ended: "
+                    "{sent} bytes sent, {received} bytes received, {duration:.3f} s",
+                    duration=self.factory.clock.seconds() - self._started,
+                    **counts,
+                    **self._where(),
+                )
         self.factory.connectionEnded(self)
+
+    def _where(self) -> dict[str, str]:
+        """
+        The log fields naming this connection: local peer, sprite, target.
+        """
+        return {
+            "peer": _describe(self.transport.getPeer() if self.transport else None),
+            "sprite": self.factory.spriteName,
+            "target": self.factory.target,
+        }
 
 
 def _describe(address: Any) -> str:
