@@ -1,0 +1,453 @@
+# -*- test-case-name: tests.test_portscan -*-
+"""
+The local sprite server's port watch: the listening ports of this machine,
+served as ``/v1/sprites/{name}/ports/watch`` (PROTOCOL.md, "Port
+notifications").
+
+On this machine every sprite is the machine itself, so the ports listening
+"in the sprite" are this machine's.  L{PortScanner} reads
+``/proc/net/tcp`` and ``/proc/net/tcp6`` once a second (as the real server
+does), on the clock it is given, while anyone is watching.  It reports
+sockets in the LISTEN state bound to a loopback or wildcard address (what a
+tunnel to ``localhost`` can reach), one entry per port number, with the
+owning pid when ``/proc/*/fd`` shows it (processes of other users usually
+do not).  A port opens when its first such socket appears and closes when
+its last one goes.
+
+L{PortWatchServerProtocol} (Autobahn, public callbacks only) sends
+``port_list`` first, then one ``port_opened``/``port_closed`` per change.
+L{PortWatchResource} is the ``twisted.web`` resource for the path: it
+checks the bearer token and the sprite name with the server's own rules
+(L{sprites_twisted.server.LocalSpriteServer.checkAuthorization} and
+C{allowsSprite}, so ``--sprite`` is honoured), answers refusals with the
+same JSON error bodies as the proxy path, and hands the upgrade to
+Autobahn's C{WebSocketResource}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+__all__ = [
+    "ListeningSocket",
+    "PortScanner",
+    "parseProcNetTCP",
+    "PortWatchServerProtocol",
+    "PortWatchServerFactory",
+    "PortWatchResource",
+    "portWatchSite",
+    "parseWatchPath",
+    "SCAN_INTERVAL",
+]
+
+#: Seconds between two scans (the real server's pace).
+SCAN_INTERVAL = 1.0
+_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class ListeningSocket:
+    """
+    A listening TCP port of this machine.
+
+    :ivar port: the port number.
+    :ivar address: the bound address (``127.0.0.1``, ``0.0.0.0``, ``::``,
+        ``::1``); the first one seen when several sockets share the port.
+    :ivar pid: the owning process, when it could be found.
+    """
+
+    port: int
+    address: str
+    pid: int | None = None
+
+    def message(self, kind: str) -> dict[str, Any]:
+        """
+        This port as a watch message of type C{kind} (or a ``port_list``
+        entry, without ``type``, when C{kind} is empty).
+        """
+        body: dict[str, Any] = {"port": self.port, "address": self.address, "pid": self.pid}
+        if kind:
+            body = {"type": kind, **body}
+        return body
+
+
+def _decodeAddress(text: str) -> str:
+    """
+    A ``/proc/net/tcp*`` address: hex of 32-bit words in host byte order.
+    """
+    raw = bytes.fromhex(text)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return address.compressed
+
+
+def _reachable(address: str) -> bool:
+    """
+    Can a tunnel to ``localhost`` reach a socket bound to C{address}?
+    """
+    parsed = ipaddress.ip_address(address)
+    return parsed.is_loopback or parsed.is_unspecified
+
+
+def parseProcNetTCP(text: str) -> list[tuple[str, int, int]]:
+    """
+    The LISTEN sockets on loopback or wildcard addresses in the text of
+    ``/proc/net/tcp`` or ``/proc/net/tcp6``.
+
+    :returns: C{(address, port, inode)} per socket; malformed lines are
+        skipped.
+    """
+    sockets = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != _LISTEN:
+            continue
+        try:
+            hexAddress, _, hexPort = fields[1].partition(":")
+            address = _decodeAddress(hexAddress)
+            port = int(hexPort, 16)
+            inode = int(fields[9])
+        except ValueError:
+            continue
+        if port and _reachable(address):
+            sockets.append((address, port, inode))
+    return sockets
+
+
+class _Reader(Protocol):
+    def __call__(self, path: str) -> str: ...
+
+
+def _readText(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
+class PortScanner:
+    """
+    This machine's listening ports, scanned every C{interval} seconds on
+    C{clock} while at least one subscriber is registered.
+
+    :param clock: an C{IReactorTime}.
+    :param procRoot: where ``/proc`` is (tests pass a directory of their
+        own).
+    :param read: reads a text file (tests substitute their own).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        *,
+        procRoot: str = "/proc",
+        interval: float = SCAN_INTERVAL,
+        read: _Reader = _readText,
+        listDirectory: Callable[[str], list[str]] = os.listdir,
+        readLink: Callable[[str], str] = os.readlink,
+    ) -> None:
+        self._clock = clock
+        self.procRoot = procRoot.rstrip("/")
+        self.interval = interval
+        self._read = read
+        self._listDirectory = listDirectory
+        self._readLink = readLink
+        self.ports: dict[int, ListeningSocket] = {}
+        self._subscribers: list[Callable[[str, ListeningSocket], None]] = []
+        self._loop: LoopingCall | None = None
+        self._pids: dict[int, int] = {}
+        self._problems: set[str] = set()
+
+    def subscribe(self, callback: Callable[[str, ListeningSocket], None]) -> list[ListeningSocket]:
+        """
+        Call C{callback("port_opened" | "port_closed", socket)} for every
+        change from now on, and start scanning if this is the first
+        subscriber.
+
+        :returns: the ports listening now (a fresh scan if none was running).
+        """
+        if not self._subscribers:
+            self.scan()
+            self._subscribers.append(callback)
+            self._loop = LoopingCall(self.scan)
+            self._loop.clock = self._clock
+            self._loop.start(self.interval, now=False).addErrback(
+                lambda f: self.log.failure("the port scan failed", f)
+            )
+        else:
+            self._subscribers.append(callback)
+        return sorted(self.ports.values(), key=lambda s: s.port)
+
+    def unsubscribe(self, callback: Callable[[str, ListeningSocket], None]) -> None:
+        """
+        Stop calling C{callback}; the last one leaving stops the scans.
+        """
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+        if not self._subscribers and self._loop is not None:
+            loop, self._loop = self._loop, None
+            if loop.running:
+                loop.stop()
+
+    def scan(self) -> None:
+        """
+        Scan once and report what changed.
+        """
+        current: dict[int, tuple[str, int]] = {}
+        for name in ("tcp", "tcp6"):
+            path = f"{self.procRoot}/net/{name}"
+            try:
+                text = self._read(path)
+            except OSError as e:
+                if path not in self._problems:
+                    self._problems.add(path)
+                    self.log.warn("cannot read {path}: {error}", path=path, error=e.strerror)
+                continue
+            for address, port, inode in parseProcNetTCP(text):
+                current.setdefault(port, (address, inode))
+        previous = self.ports
+        gone = [previous[p] for p in sorted(set(previous) - set(current))]
+        new = sorted(set(current) - set(previous))
+        pids: dict[int, int] = {}
+        if new:
+            pids = self._findPids({current[p][1] for p in new})
+        for port in new:
+            address, inode = current[port]
+            self.ports[port] = ListeningSocket(port, address, pids.get(inode))
+        for socket in gone:
+            del self.ports[socket.port]
+        for socket in gone:
+            self._notify("port_closed", socket)
+        for port in new:
+            self._notify("port_opened", self.ports[port])
+
+    def _notify(self, kind: str, socket: ListeningSocket) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(kind, socket)
+            except Exception:
+                self.log.failure("a port watch subscriber failed")
+
+    def _findPids(self, inodes: set[int]) -> dict[int, int]:
+        """
+        The owning pid of each socket inode, from ``/proc/*/fd``; inodes
+        not found (another user's processes) are left out.
+        """
+        found: dict[int, int] = {}
+        wanted = {f"socket:[{inode}]": inode for inode in inodes}
+        try:
+            entries = self._listDirectory(self.procRoot)
+        except OSError:
+            return found
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            fdDirectory = f"{self.procRoot}/{entry}/fd"
+            try:
+                fds = self._listDirectory(fdDirectory)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = self._readLink(f"{fdDirectory}/{fd}")
+                except OSError:
+                    continue
+                inode = wanted.get(target)
+                if inode is not None:
+                    found[inode] = int(entry)
+                    if len(found) == len(wanted):
+                        return found
+        return found
+
+
+def parseWatchPath(path: bytes) -> str | None:
+    """
+    The sprite name in ``/v1/sprites/{name}/ports/watch``, or C{None} for
+    any other path.
+    """
+    from urllib.parse import unquote
+
+    segments = path.split(b"/")
+    if (
+        len(segments) != 6
+        or segments[:3] != [b"", b"v1", b"sprites"]
+        or segments[4:] != [b"ports", b"watch"]
+        or not segments[3]
+    ):
+        return None
+    try:
+        return unquote(segments[3].decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+class PortWatchServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    One watcher: ``port_list`` when the WebSocket opens, then the changes.
+    Messages from the watcher are ignored.
+    """
+
+    factory: PortWatchServerFactory
+    _subscribed = False
+
+    def onOpen(self) -> None:
+        scanner = self.factory.scanner
+        ports = scanner.subscribe(self._changed)
+        self._subscribed = True
+        self.sendWatchMessage({"type": "port_list", "ports": [s.message("") for s in ports]})
+
+    def _changed(self, kind: str, socket: ListeningSocket) -> None:
+        self.sendWatchMessage(socket.message(kind))
+
+    def sendWatchMessage(self, message: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        pass
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._subscribed:
+            self._subscribed = False
+            self.factory.scanner.unsubscribe(self._changed)
+
+
+def _quietLogger() -> Any:
+    import txaio
+
+    logger = txaio.make_logger()  # type: ignore[attr-defined]
+    logger.set_log_level("error", keep=True)
+    return logger
+
+
+PortWatchServerProtocol.log = _quietLogger()
+
+
+class PortWatchServerFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """
+    The Autobahn server factory of the watch; its timers (global reactor)
+    are off.  Watchers ping us; Autobahn answers pings by itself.
+    """
+
+    protocol = PortWatchServerProtocol  # type: ignore[assignment]
+    log = _quietLogger()
+
+    def __init__(self, scanner: PortScanner, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.scanner = scanner
+        self.setProtocolOptions(
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            maxFramePayloadSize=64 * 1024,
+            maxMessagePayloadSize=64 * 1024,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+
+class _Server(Protocol):
+    """
+    What the resource needs of the local sprite server.
+    """
+
+    def checkAuthorization(self, header: bytes | None) -> bool: ...
+
+    def allowsSprite(self, name: str) -> bool: ...
+
+
+def _jsonError(request: Request, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    if status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="sprites"')
+    return json.dumps({"error": code, "message": message}).encode("utf-8")
+
+
+class PortWatchResource(Resource):
+    """
+    ``/v1/sprites/{name}/ports/watch``: a leaf resource that authenticates
+    the request, checks the sprite name, and upgrades it to the watch.
+
+    Mount it where the path ends (``.../ports/watch``) with the sprite name
+    in C{spriteName}, or anywhere with C{spriteName=None} to read the name
+    from the request path.
+
+    :param server: a L{sprites_twisted.server.LocalSpriteServer} (its token
+        and ``--sprite`` names decide).
+    :param factory: the L{PortWatchServerFactory} serving the upgrades.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self, server: _Server, factory: PortWatchServerFactory, spriteName: str | None = None
+    ) -> None:
+        super().__init__()
+        self.localServer = server
+        self.spriteName = spriteName
+        self._webSocket = WebSocketResource(factory)
+
+    def render(self, request: Request) -> Any:
+        name = self.spriteName
+        if name is None:
+            name = parseWatchPath(request.path)
+        if name is None:
+            return _jsonError(request, 404, "not_found", "no such endpoint")
+        if not self.localServer.checkAuthorization(request.getHeader(b"authorization")):
+            self.log.info("refused a port watch: HTTP 401 (unauthorized)")
+            return _jsonError(request, 401, "unauthorized", "missing or invalid bearer token")
+        if not self.localServer.allowsSprite(name):
+            return _jsonError(request, 404, "sprite_not_found", f"no sprite named {name!r}")
+        if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
+            return _jsonError(request, 400, "bad_request", "expected a WebSocket upgrade")
+        return self._webSocket.render(request)
+
+
+class _WatchRoot(Resource):
+    """
+    Routes ``/v1/sprites/{name}/ports/watch`` to the watch, anything else to
+    a JSON 404.
+    """
+
+    def __init__(self, watch: PortWatchResource) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if parseWatchPath(request.path) is not None:
+            return self.watch
+        return _NotFound()
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _jsonError(request, 404, "not_found", "no such endpoint")
+
+
+def portWatchSite(server: _Server, scanner: PortScanner, reactor: Any) -> Site:
+    """
+    A C{twisted.web} site serving only the watch, for tests and for a
+    server that is not yet a resource tree.
+    """
+    resource = PortWatchResource(server, PortWatchServerFactory(scanner, reactor))
+    site = Site(_WatchRoot(resource), reactor=reactor)
+    site.noisy = False
+    return site
