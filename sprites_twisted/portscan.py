@@ -9,10 +9,11 @@ On this machine every sprite is the machine itself, so the ports listening
 ``/proc/net/tcp`` and ``/proc/net/tcp6`` once a second (as the real server
 does), on the clock it is given, while anyone is watching.  It reports
 sockets in the LISTEN state bound to a loopback or wildcard address (what a
-tunnel to ``localhost`` can reach), one entry per port number, with the
-owning pid when ``/proc/*/fd`` shows it (processes of other users usually
-do not).  A port opens when its first such socket appears and closes when
-its last one goes.
+tunnel to ``localhost`` can reach), one entry per port and address, with
+the owning pid when ``/proc/*/fd`` shows it (processes of other users
+usually do not).  The address matters on one machine: a forwarder's own
+listener on ``127.0.0.2:3000`` is another socket than the dev server's
+``127.0.0.1:3000`` it forwards to.
 
 L{PortWatchServerProtocol} (Autobahn, public callbacks only) sends
 ``port_list`` first, then one ``port_opened``/``port_closed`` per change.
@@ -65,7 +66,7 @@ class ListeningSocket:
 
     :ivar port: the port number.
     :ivar address: the bound address (``127.0.0.1``, ``0.0.0.0``, ``::``,
-        ``::1``); the first one seen when several sockets share the port.
+        ``::1``; v4-mapped addresses as IPv4).
     :ivar pid: the owning process, when it could be found.
     """
 
@@ -168,7 +169,7 @@ class PortScanner:
         self._read = read
         self._listDirectory = listDirectory
         self._readLink = readLink
-        self.ports: dict[int, ListeningSocket] = {}
+        self.ports: dict[tuple[int, str], ListeningSocket] = {}
         self._subscribers: list[Callable[[str, ListeningSocket], None]] = []
         self._loop: LoopingCall | None = None
         self._pids: dict[int, int] = {}
@@ -192,7 +193,7 @@ class PortScanner:
             )
         else:
             self._subscribers.append(callback)
-        return sorted(self.ports.values(), key=lambda s: s.port)
+        return [self.ports[key] for key in sorted(self.ports)]
 
     def unsubscribe(self, callback: Callable[[str, ListeningSocket], None]) -> None:
         """
@@ -209,7 +210,7 @@ class PortScanner:
         """
         Scan once and report what changed.
         """
-        current: dict[int, tuple[str, int]] = {}
+        current: dict[tuple[int, str], int] = {}
         for name in ("tcp", "tcp6"):
             path = f"{self.procRoot}/net/{name}"
             try:
@@ -220,22 +221,21 @@ class PortScanner:
                     self.log.warn("cannot read {path}: {error}", path=path, error=e.strerror)
                 continue
             for address, port, inode in parseProcNetTCP(text):
-                current.setdefault(port, (address, inode))
+                current.setdefault((port, address), inode)
         previous = self.ports
-        gone = [previous[p] for p in sorted(set(previous) - set(current))]
+        gone = [previous[key] for key in sorted(set(previous) - set(current))]
         new = sorted(set(current) - set(previous))
         pids: dict[int, int] = {}
         if new:
-            pids = self._findPids({current[p][1] for p in new})
-        for port in new:
-            address, inode = current[port]
-            self.ports[port] = ListeningSocket(port, address, pids.get(inode))
+            pids = self._findPids({current[key] for key in new})
+        for key in new:
+            self.ports[key] = ListeningSocket(key[0], key[1], pids.get(current[key]))
         for socket in gone:
-            del self.ports[socket.port]
+            del self.ports[(socket.port, socket.address)]
         for socket in gone:
             self._notify("port_closed", socket)
-        for port in new:
-            self._notify("port_opened", self.ports[port])
+        for key in new:
+            self._notify("port_opened", self.ports[key])
 
     def _notify(self, kind: str, socket: ListeningSocket) -> None:
         for callback in list(self._subscribers):

@@ -104,6 +104,14 @@ class ListeningPort:
     pid: int | None = None
 
     @property
+    def key(self) -> tuple[int, str]:
+        """
+        What identifies this listening socket: port and address (a server
+        may report one port on several addresses, ``0.0.0.0`` and ``::``).
+        """
+        return (self.port, self.address)
+
+    @property
     def remoteHost(self) -> str:
         """
         The host a tunnel to this port connects to inside the sprite, in
@@ -170,7 +178,8 @@ def parseWatchMessage(payload: bytes) -> tuple[str, list[ListeningPort]] | None:
     :returns: C{("port_list", ports)}, C{("port_opened", [port])} or
         C{("port_closed", [port])}; C{None} for a message of another (or
         no) type, which is to be ignored.  In a ``port_list``, entries that
-        are not ports are skipped; a port listed twice counts once.
+        are not ports are skipped; a port and address listed twice count
+        once.
     :raises WatchMessageError: naming what is wrong with a message that is
         not a JSON object, or whose ``port``/``ports`` is not valid.
     """
@@ -187,13 +196,13 @@ def parseWatchMessage(payload: bytes) -> tuple[str, list[ListeningPort]] | None:
             entries = []
         if not isinstance(entries, list):
             raise WatchMessageError(f"port_list: ports {repr(entries)[:80]} is not a list")
-        ports: dict[int, ListeningPort] = {}
+        ports: dict[tuple[int, str], ListeningPort] = {}
         for entry in entries:
             try:
                 port = _parsePort(entry, "port_list")
             except WatchMessageError:
                 continue
-            ports.setdefault(port.port, port)
+            ports.setdefault(port.key, port)
         return kind, list(ports.values())
     if kind in ("port_opened", "port_closed"):
         return kind, [_parsePort(message, kind)]
@@ -204,8 +213,9 @@ class IPortObserver(Interface):
     """
     Told about ports as they open and close inside a sprite.
 
-    Calls come from the reactor thread, never re-entrantly for the same
-    port, and always alternate for one port: opened, closed, opened...
+    Calls come from the reactor thread and always alternate for one
+    listening socket (one port and address, L{ListeningPort.key}): opened,
+    closed, opened...  One port number may be open on several addresses.
     An exception raised by the observer is logged and otherwise ignored.
     """
 
@@ -228,7 +238,7 @@ class IPortWatcher(Interface):
 
     spriteName = Attribute("The sprite watched (str).")
     ports = Attribute(
-        "The ports currently known to listen: a dict of port number to "
+        "The sockets currently known to listen: a dict of (port, address) to "
         "ListeningPort (the last known state while disconnected)."
     )
     state = Attribute("The watcher's state name (str): see PortWatcher.")
@@ -323,7 +333,7 @@ class PortWatcher:
         self.pingTimeout = pingTimeout
         self._jitter = jitter
         self.state = State.IDLE
-        self.ports: dict[int, ListeningPort] = {}
+        self.ports: dict[tuple[int, str], ListeningPort] = {}
         self.attempts = 0
         self._proto: WatchClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
@@ -529,41 +539,50 @@ class PortWatcher:
     # Applying changes
 
     def _resync(self, ports: Iterable[ListeningPort]) -> None:
-        listed = {p.port: p for p in ports}
+        listed = {p.key: p for p in ports}
         first = self.state is State.LISTING
         self.state = State.SYNCED
         self.attempts = 0
         if first and self._lastProblem is not None:
             self.log.info("port watch of {sprite} is back", sprite=self.spriteName)
         self._lastProblem = None
-        for number in sorted(set(self.ports) - set(listed)):
-            self._closed(self.ports[number])
-        for number in sorted(listed):
-            if number not in self.ports:
-                self._opened(listed[number])
+        for key in sorted(set(self.ports) - set(listed)):
+            self._closed(self.ports[key])
+        for key in sorted(listed):
+            if key not in self.ports:
+                self._opened(listed[key])
         waiters, self._synced = self._synced, []
         for d in waiters:
             d.callback(None)
 
     def _opened(self, port: ListeningPort) -> None:
-        if port.port in self.ports or self.state is State.STOPPED:
+        if port.key in self.ports or self.state is State.STOPPED:
             return
-        self.ports[port.port] = port
+        self.ports[port.key] = port
         try:
             self.observer.portOpened(port)
         except Exception:
             self.log.failure("the port observer failed on {port}", port=port.describe())
 
     def _closed(self, port: ListeningPort) -> None:
+        """
+        C{port} closed: the socket on its address, or every socket on its
+        port number when the message gave no address.
+        """
         if self.state is State.STOPPED:
             return
-        known = self.ports.pop(port.port, None)
-        if known is None:
-            return
-        try:
-            self.observer.portClosed(known)
-        except Exception:
-            self.log.failure("the port observer failed on {port}", port=known.describe())
+        if port.address:
+            keys = [port.key] if port.key in self.ports else []
+        else:
+            keys = sorted(k for k in self.ports if k[0] == port.port)
+        for key in keys:
+            known = self.ports.pop(key, None)
+            if known is None:
+                continue
+            try:
+                self.observer.portClosed(known)
+            except Exception:
+                self.log.failure("the port observer failed on {port}", port=known.describe())
 
     # Liveness and timers
 

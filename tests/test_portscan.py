@@ -311,7 +311,9 @@ class ResourceTests(TestCase):
             watcher.start()
             self.addCleanup(watcher.stop)
             await done
-            self.assertEqual(sorted(watcher.ports), [22, 3000, 5432, 5433, 5434, 8081])
-            self.assertEqual(watcher.ports[3000].address, "127.0.0.1")
+            self.assertEqual(
+                sorted(p for p, _ in watcher.ports), [22, 3000, 5432, 5433, 5434, 8081]
+            )
+            self.assertEqual(watcher.ports[(3000, "127.0.0.1")].pid, None)
 
         return Deferred.fromCoroutine(run())

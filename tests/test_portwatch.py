@@ -254,7 +254,30 @@ class WatcherTests(SynchronousTestCase):
             self.observer.events,
             [("opened", 22), ("opened", 3000), ("opened", 8080), ("closed", 22)],
         )
-        self.assertEqual(sorted(self.watcher.ports), [3000, 8080])
+        self.assertEqual(sorted(p for p, _ in self.watcher.ports), [3000, 8080])
+
+    def test_addresses(self) -> None:
+        """
+        One port on two addresses is two sockets; a close with an address
+        closes that one, a close without closes every socket on the port.
+        """
+        self.watcher.start()
+        self.open()
+        self.watcher.messageReceived(
+            msg(type="port_list", ports=[{"port": 80, "address": "0.0.0.0"}]), False
+        )
+        self.watcher.messageReceived(msg(type="port_opened", port=80, address="::"), False)
+        self.watcher.messageReceived(msg(type="port_opened", port=81, address="::"), False)
+        self.watcher.messageReceived(msg(type="port_opened", port=81, address="::1"), False)
+        self.watcher.messageReceived(msg(type="port_closed", port=80, address="::"), False)
+        self.assertEqual(sorted(self.watcher.ports), [(80, "0.0.0.0"), (81, "::"), (81, "::1")])
+        self.watcher.messageReceived(msg(type="port_closed", port=81), False)
+        self.assertEqual(sorted(self.watcher.ports), [(80, "0.0.0.0")])
+        self.assertEqual(
+            self.observer.events,
+            [("opened", 80), ("opened", 80), ("opened", 81), ("opened", 81), ("closed", 80)]
+            + [("closed", 81), ("closed", 81)],
+        )
 
     def test_malformedSkipped(self) -> None:
         """
@@ -385,7 +408,7 @@ class WatcherTests(SynchronousTestCase):
         self.open()
         self.watcher.messageReceived(msg(type="port_list", ports=[1, 2]), False)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
-        self.assertEqual(sorted(self.watcher.ports), [1, 2])
+        self.assertEqual(sorted(p for p, _ in self.watcher.ports), [1, 2])
 
     def test_tokenNotInRepr(self) -> None:
         """
