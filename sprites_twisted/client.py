@@ -254,6 +254,50 @@ class SpritesClient:
             return defer.fail()
         return endpoint.connect(protocolFactory)
 
+    # Issue 12: the port watch, automatic forwarding and SOCKS (the logic
+    # is in sprites_twisted.portwatch, .autoforward and .socks).
+
+    def watchPorts(self, spriteName: str, observer: Any, *, start: bool = True) -> Any:
+        """
+        Watch the ports listening in the sprite: a
+        L{sprites_twisted.portwatch.PortWatcher} reporting to C{observer}
+        (an C{IPortObserver}), started unless C{start} is false.
+        """
+        from sprites_twisted.portwatch import PortWatcher
+
+        watcher = PortWatcher(
+            self._reactor,
+            spriteName,
+            observer,
+            token=self._token,
+            apiURL=self.baseURL,
+            transportEndpoint=self._transportEndpoint,
+            trustRoot=self._trustRoot,
+            allowInsecure=self._allowInsecure,
+        )
+        if start:
+            watcher.start()
+        return watcher
+
+    def autoForward(self, spriteName: str, **kw: Any) -> Any:
+        """
+        A L{sprites_twisted.autoforward.AutoForwarder} service for the
+        sprite (add it to a L{ProxyManager}); C{kw} as it takes.
+        """
+        from sprites_twisted.autoforward import AutoForwarder
+
+        return AutoForwarder(self, spriteName, **kw)
+
+    def socksFactory(self, spriteName: str, **kw: Any) -> Any:
+        """
+        A SOCKS server factory whose CONNECTs are tunnels into the sprite
+        (L{sprites_twisted.socks.socksFactory}); listen with it on any
+        server endpoint.
+        """
+        from sprites_twisted.socks import socksFactory
+
+        return socksFactory(self, spriteName, self._reactor, **kw)
+
 
 class Sprite:
     """
@@ -296,3 +340,17 @@ class Sprite:
         See L{SpritesClient.endpoint}.
         """
         return self.client.endpoint(self.name, remotePort, remoteHost)
+
+    # Issue 12
+
+    def autoForward(self, **kw: Any) -> Any:
+        """
+        See L{SpritesClient.autoForward}.
+        """
+        return self.client.autoForward(self.name, **kw)
+
+    def socksFactory(self, **kw: Any) -> Any:
+        """
+        See L{SpritesClient.socksFactory}.
+        """
+        return self.client.socksFactory(self.name, **kw)

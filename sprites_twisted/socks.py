@@ -40,7 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -67,7 +68,9 @@ __all__ = [
     "SOCKSServerFactory",
     "SOCKSRequest",
     "SOCKSError",
+    "SOCKSService",
     "Reply",
+    "parseListenAddress",
     "socksFactory",
     "replyCodeFor",
     "parseCredentials",
@@ -855,16 +858,21 @@ class SOCKSServerFactory(Factory):
 def socksFactory(
     client: SpritesClient,
     spriteName: str,
+    clock: IReactorTime,
     *,
     credentials: Mapping[str, str] | None = None,
     requestTimeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> SOCKSServerFactory:
     """
     A SOCKS server factory whose CONNECTs are tunnels into C{spriteName}
-    through C{client}; listen with it on any server endpoint::
+    through C{client} (C{client.endpoint(spriteName, port, host)}); listen
+    with it on any server endpoint::
 
-        factory = socksFactory(client, "mysprite")
+        factory = socksFactory(client, "mysprite", reactor)
         serverFromString(reactor, "tcp:1080:interface=127.0.0.1").listen(factory)
+
+    C{client.socksFactory(spriteName)} is the same with the client's
+    reactor.
 
     :raises ConfigurationError: for a bad sprite name.
     """
@@ -873,7 +881,7 @@ def socksFactory(
     checkSpriteName(spriteName)
     return SOCKSServerFactory(
         lambda host, port: client.endpoint(spriteName, port, host),
-        client._reactor,
+        clock,
         spriteName,
         credentials=credentials,
         requestTimeout=requestTimeout,
@@ -907,3 +915,120 @@ def parseCredentials(text: str, source: str = "credentials") -> dict[str, str]:
     if not credentials:
         raise ConfigurationError(f"{source} holds no USER:PASSWORD line")
     return credentials
+
+
+def parseListenAddress(text: str, default: str = "127.0.0.1") -> tuple[str, int]:
+    """
+    Parse ``[BIND:]PORT`` (``1080``, ``127.0.0.1:1080``, ``[::1]:1080``).
+
+    :returns: the address (no brackets) and the port (0: any free one).
+    :raises ConfigurationError: naming C{text} when the address is not an IP
+        address or the port not 0..65535.
+    """
+    from sprites_twisted.errors import ConfigurationError
+
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, portText = value[1:].partition("]:")
+        if not sep:
+            raise ConfigurationError(f"{text!r}: expected [IPV6]:PORT, such as [::1]:1080")
+    elif value.count(":") == 1:
+        host, _, portText = value.partition(":")
+    elif ":" in value:
+        raise ConfigurationError(f"{text!r}: put an IPv6 address in brackets, as in [::1]:1080")
+    else:
+        host, portText = default, value
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigurationError(
+            f"{text!r}: {host!r} is not an IP address (such as 127.0.0.1 or [::1])"
+        ) from None
+    if not (portText.isascii() and portText.isdigit()) or int(portText) > 65535:
+        raise ConfigurationError(f"{text!r}: port {portText!r} is not a number in 0..65535")
+    return host, int(portText)
+
+
+class SOCKSService(Service):
+    """
+    Listen for SOCKS clients on C{interface}:C{port} while running.
+
+    ``startService`` raises C{CannotListenError} (naming the address) when
+    the port cannot be had, so that twistd stops at start-up; stopping
+    stops listening, gives open connections C{drainTimeout} seconds, then
+    closes them.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        factory: SOCKSServerFactory,
+        interface: str,
+        port: int,
+        drainTimeout: float = 5.0,
+    ) -> None:
+        self._reactor = reactor
+        self.factory = factory
+        self.interface = interface
+        self.port = port
+        self.drainTimeout = drainTimeout
+        self.listeningPort: Any = None
+
+    def startService(self) -> None:
+        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+        Service.startService(self)
+        endpoint: Any
+        if ":" in self.interface:
+            endpoint = TCP6ServerEndpoint(self._reactor, self.port, interface=self.interface)
+        else:
+            endpoint = TCP4ServerEndpoint(self._reactor, self.port, interface=self.interface)
+        failures: list[Failure] = []
+        d = endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            self.running = 0
+            failures[0].raiseException()
+
+    def _listening(self, port: Any) -> None:
+        self.listeningPort = port
+        self.log.info(
+            "SOCKS5/SOCKS4a on {address} -> {sprite}",
+            address=formatTarget(self.interface, port.getHost().port),
+            sprite=self.factory.spriteName,
+        )
+        if not _isLoopback(self.interface) and self.factory.credentials is None:
+            self.log.warn(
+                "the SOCKS port {address} is not on loopback and asks for no password: "
+                "anyone who can reach it can reach everything in the sprite {sprite}",
+                address=formatTarget(self.interface, port.getHost().port),
+                sprite=self.factory.spriteName,
+            )
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        port, self.listeningPort = self.listeningPort, None
+        d: Deferred[Any] = maybeDeferred(port.stopListening) if port else succeed(None)
+
+        def drain(_: Any) -> Deferred[None]:
+            idle = self.factory.whenIdle()
+            if idle.called:
+                return idle
+            timer = self._reactor.callLater(self.drainTimeout, self.factory.abortAll)
+
+            def stopTimer(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            return idle.addBoth(stopTimer)
+
+        return d.addBoth(drain)
+
+
+def _isLoopback(host: str) -> bool:
+    from sprites_twisted.config import isLoopbackHost
+
+    return isLoopbackHost(host)

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
+from sprites_twisted import autoforward
 from sprites_twisted._twistd import CommandService, TokenOptions, positiveNumber
 from sprites_twisted.client import SpritesClient
 from sprites_twisted.config import (
@@ -103,6 +104,12 @@ class Options(TokenOptions):
         ],
     ]
 
+    # Issue 12: --auto, --auto-ports, --auto-exclude, --auto-max, --socks,
+    # --socks-auth; checked and turned into services by
+    # sprites_twisted.autoforward.
+    optFlags = optFlags + autoforward.OPT_FLAGS
+    optParameters = optParameters + autoforward.OPT_PARAMETERS
+
     def __init__(self, environ: Any = None) -> None:
         super().__init__(environ)
         self.mappings: list[PortMapping] = []
@@ -142,10 +149,12 @@ class Options(TokenOptions):
             checkSpriteName(self["sprite"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
-        if not self.mappings:
+        if not self.mappings and not autoforward.wanted(self):
             raise usage.UsageError(
-                "nothing to forward: give one or more mappings, e.g. --map 8080:80 or 5432"
+                "nothing to forward: give one or more mappings, e.g. --map 8080:80 or 5432 "
+                "(or --auto, or --socks PORT)"
             )
+        autoforward.checkOptions(self)  # issue 12
         self["bind"] = _checkBind(self["bind"])
         self["handshake-timeout"] = positiveNumber("handshake-timeout", self["handshake-timeout"])
         self["drain-timeout"] = positiveNumber(
@@ -218,6 +227,9 @@ def _makeService(options: Options, reactor: Any) -> ProxyManager:
         session = client.session(options["sprite"], mapping)
         session._raiseSynchronously = True
         manager.addSession(session)
+    # Issue 12: automatic forwarding and the SOCKS port.
+    for service in autoforward.fromOptions(options, client, reactor):
+        service.setServiceParent(manager)
     return manager
 
 

@@ -49,7 +49,6 @@ from sprites_twisted.socks import (
     SOCKSServerFactory,
     parseCredentials,
     replyCodeFor,
-    socksFactory,
 )
 from tests.helpers import LocalClient
 
@@ -604,7 +603,7 @@ class IntegrationTests(TestCase):
         self.addCleanup(self.api.stopListening)
         self.addCleanup(self.server.whenIdle)
         client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{self.api.getHost().port}")
-        self.factory = socksFactory(client, "box")
+        self.factory = client.socksFactory("box")
         self.socks = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             self.factory
         )
