@@ -512,6 +512,14 @@ class SOCKSServerProtocol(Pipe):
         self._lost = True
         self._cancelTimer()
         state, self.state = self.state, _State.CLOSED
+        if state in (_State.GREETING, _State.AUTHENTICATING, _State.REQUEST):
+            self.log.info(
+                "SOCKS client {peer} closed before its request was complete "
+                "({state}, {size} bytes pending)",
+                peer=self._peer(),
+                state=state.value,
+                size=len(self._buffer),
+            )
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()

@@ -305,6 +305,19 @@ class SOCKS5Tests(SynchronousTestCase):
         self.assertIn("port 0", texts)
         self.assertIn("empty destination host name", texts)
 
+    def test_earlyClose(self) -> None:
+        """
+        A client that closes mid-greeting is logged in one line; nothing is
+        connected and the factory forgets it.
+        """
+        self.proto.dataReceived(b"\x05\x02")
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        lines = [_text(e) for e in self.logs]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("closed before its request was complete (greeting, 2 bytes", lines[0])
+        self.assertEqual(self.h.endpoints, [])
+        self.successResultOf(self.h.factory.whenIdle())
+
     def test_requestTimeout(self) -> None:
         """
         A client that never completes its request is closed after the
@@ -717,6 +730,8 @@ class IntegrationTests(TestCase):
             local.transport.write(b"\x05\x01\x00" + b"\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x50")
             await local.closed
             self.assertEqual(bytes(local.received), b"\x05\x00" + reply5(Reply.NOT_ALLOWED))
+            assert local.reason is not None
+            self.assertTrue(local.reason.check(ConnectionDone))  # a FIN, not a reset
             local = await connectProtocol(
                 TCP4ClientEndpoint(reactor, "127.0.0.1", sport), LocalClient()
             )
@@ -727,5 +742,7 @@ class IntegrationTests(TestCase):
             await local.closed
             self.assertEqual(bytes(local.received[:12]), b"\x05\x00" + SUCCESS5)
             self.assertTrue(bytes(local.received).endswith(self.payload))
+            assert local.reason is not None
+            self.assertTrue(local.reason.check(ConnectionDone))
 
         return Deferred.fromCoroutine(run())
