@@ -365,9 +365,13 @@ class PortWatcher:
             connecting.cancel()
         proto = self._proto
         if proto is not None and proto.transport is not None:
-            proto.sendClose(code=1000)
-            # Autobahn's close timeout is off: drop the connection ourselves.
-            self._timer = self._reactor.callLater(1.0, self._abort)
+            if proto.state == proto.STATE_OPEN:
+                proto.sendClose(code=1000)
+                # Autobahn's close timeout is off: drop the connection ourselves.
+                self._timer = self._reactor.callLater(1.0, self._abort)
+            else:
+                # The upgrade is still in flight: nothing to close cleanly.
+                proto.transport.abortConnection()
         waiters, self._synced = self._synced, []
         for d in waiters:
             d.errback(Failure(defer.CancelledError("the port watch was stopped")))

@@ -99,6 +99,9 @@ class FakeTransport:
 
 
 class FakeProto:
+    STATE_OPEN = 3
+    state = 3
+
     def __init__(self) -> None:
         self.transport = FakeTransport()
         self.closes: list[int] = []
@@ -385,6 +388,21 @@ class WatcherTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(self.watcher.stop())
 
+    def test_stopDuringUpgrade(self) -> None:
+        """
+        Stopping while the upgrade is in flight aborts the connection (there
+        is no WebSocket to close yet).
+        """
+        self.watcher.start()
+        proto = FakeProto()
+        proto.state = 1
+        self.watcher.protocolBuilt(proto)  # type: ignore[arg-type]
+        stopped = self.watcher.stop()
+        self.assertTrue(proto.transport.aborted)
+        self.assertEqual(proto.closes, [])
+        self.watcher.wsClosed(False, 1006, None)
+        self.successResultOf(stopped)
+
     def test_stopWhileConnecting(self) -> None:
         """
         Stopping during the connect cancels it; no retry follows.
@@ -538,5 +556,67 @@ class EndToEndTests(TestCase):
             self.assertNotIn("wrong-token-1", " ".join(lines))
             self.assertEqual(observer.events, [])
             self.assertIn(watcher.state, (State.WAITING, State.CONNECTING))
+
+        return Deferred.fromCoroutine(run())
+
+
+class SecrecyTests(TestCase):
+    """
+    The watch never shows the token, even with txaio's global level at
+    debug (Autobahn logs the upgrade request, headers included, there).
+    """
+
+    def test_tokenNeverLogged(self) -> None:
+        """
+        A successful watch and a refused one log no token.
+        """
+        import txaio
+
+        from tests.helpers import LogCapture
+
+        level = txaio.get_global_log_level()
+        txaio.set_global_log_level("debug")
+        self.addCleanup(txaio.set_global_log_level, level)
+
+        async def run() -> None:
+            logs = LogCapture(self)
+            proc = FakeProc()
+            proc.ports = {4000}
+            scanner = PortScanner(reactor, read=proc.read, listDirectory=lambda p: [])
+            server = LocalSpriteServer(reactor, TOKEN)
+            listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                portWatchSite(server, scanner, reactor)
+            )
+            self.addCleanup(listening.stopListening)
+            port = listening.getHost().port
+            refused: Deferred[None] = Deferred()
+
+            def observe(event: dict[str, Any]) -> None:
+                if "401" in formatEvent(event) and not refused.called:
+                    refused.callback(None)
+
+            globalLogPublisher.addObserver(observe)
+            self.addCleanup(globalLogPublisher.removeObserver, observe)
+            watchers = []
+            for token in (TOKEN, "other-secret-token-9a"):
+                observer = Recorder()
+                watcher = PortWatcher(
+                    reactor,
+                    "box",
+                    observer,
+                    token=token,
+                    apiURL=f"http://127.0.0.1:{port}",
+                )
+                watcher.start()
+                self.addCleanup(watcher.stop)
+                watchers.append((watcher, observer))
+            await watchers[0][1].waitFor(("opened", 4000))
+            await refused
+            texts = logs.texts()
+            self.assertTrue(any("watching the ports of box" in t for t in texts))
+            for token in (TOKEN, "other-secret-token-9a"):
+                self.assertEqual([t for t in texts if token in t], [])
+                for watcher, _ in watchers:
+                    self.assertNotIn(token, repr(watcher))
 
         return Deferred.fromCoroutine(run())
