@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -181,6 +183,48 @@ class ParseTests(SynchronousTestCase):
             ("garbage", ""),
         ]:
             self.assertEqual(ListeningPort(1, address).remoteHost, host, address)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                lambda children: (
+                    st.lists(children, max_size=5)
+                    | st.dictionaries(
+                        st.sampled_from(["type", "port", "ports", "address", "pid", "x"]),
+                        children,
+                        max_size=5,
+                    )
+                ),
+                max_leaves=20,
+            ).map(lambda v: json.dumps(v).encode()),
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(["port_list", "port_opened", "port_closed", "?"]),
+                    "port": st.integers() | st.text(max_size=3) | st.none(),
+                    "ports": st.lists(st.integers() | st.text(max_size=3), max_size=4),
+                    "pid": st.integers() | st.none() | st.booleans(),
+                }
+            ).map(lambda v: json.dumps(v).encode()),
+        )
+    )
+    def test_anyPayload(self, payload: bytes) -> None:
+        """
+        Any payload parses to valid ports, C{None}, or L{WatchMessageError}.
+        """
+        try:
+            parsed = parseWatchMessage(payload)
+        except WatchMessageError:
+            return
+        if parsed is None:
+            return
+        kind, ports = parsed
+        self.assertIn(kind, ("port_list", "port_opened", "port_closed"))
+        for port in ports:
+            self.assertTrue(1 <= port.port <= 65535)
+            self.assertTrue(port.pid is None or port.pid > 0)
 
     def test_watchPath(self) -> None:
         """

@@ -520,6 +520,57 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertRaises(ConfigurationError, parseCredentials, "# nothing\n")
 
 
+class ServiceTests(SynchronousTestCase):
+    """
+    L{SOCKSService} listens while running and fails start-up on a busy port.
+    """
+
+    def test_listenAndStop(self) -> None:
+        """
+        The service listens on the interface and port given, and stops.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sprites_twisted.socks import SOCKSService
+
+        memory = MemoryReactorClock()
+        service = SOCKSService(memory, Harness().factory, "::1", 1080)
+        service.startService()
+        self.assertEqual((memory.tcpServers[0][0], memory.tcpServers[0][3]), (1080, "::1"))
+        self.successResultOf(service.stopService())
+
+    def test_busyPortRaises(self) -> None:
+        """
+        A port already in use raises C{CannotListenError} from
+        C{startService}, naming the address, so that twistd stops.
+        """
+        from twisted.internet.error import CannotListenError
+
+        from sprites_twisted.socks import SOCKSService
+
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        service = SOCKSService(reactor, Harness().factory, "127.0.0.1", port)
+        e = self.assertRaises(CannotListenError, service.startService)
+        self.assertIn(f"127.0.0.1:{port}", str(e))
+        self.assertFalse(service.running)
+
+    def test_parseListenAddress(self) -> None:
+        """
+        C{[BIND:]PORT} forms.
+        """
+        from sprites_twisted.socks import parseListenAddress
+
+        self.assertEqual(parseListenAddress("1080"), ("127.0.0.1", 1080))
+        self.assertEqual(parseListenAddress("0.0.0.0:1"), ("0.0.0.0", 1))
+        self.assertEqual(parseListenAddress("[::1]:1080"), ("::1", 1080))
+        for bad in ("", "x:1", "1:2:3", "[::1]", "70000", "127.0.0.1:-1"):
+            self.assertRaises(ConfigurationError, parseListenAddress, bad)
+
+
 class HostileInputTests(SynchronousTestCase):
     """
     Whatever bytes a client sends, the server refuses or waits within its
