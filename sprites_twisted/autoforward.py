@@ -206,8 +206,8 @@ class AutoForwarder(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        if self.watcher is None:
-            self.watcher = self._watcherFactory(self)
+        # A new watch each time: a stopped watcher does not start again.
+        self.watcher = self._watcherFactory(self)
         self.watcher.start()
 
     def stopService(self) -> Deferred[None]:

@@ -295,6 +295,11 @@ class ForwarderTests(SynchronousTestCase):
         self.assertTrue(all(s.closed for s in self.client.sessions))
         forwarder.portOpened(ListeningPort(3))
         self.assertEqual(forwarder.sessions, {})
+        # Started again, it watches anew.
+        forwarder.startService()
+        self.assertEqual([w.started for w in self.watchers], [1, 1])
+        forwarder.portOpened(ListeningPort(3))
+        self.assertEqual(sorted(forwarder.sessions), [3])
 
     def test_badCap(self) -> None:
         """
