@@ -433,7 +433,9 @@ class PortWatcher:
             return
         self._cancelTimers()
         self.state = State.WAITING
-        delay = min(self.maxDelay, self.initialDelay * BACKOFF_FACTOR**self.attempts)
+        # The exponent is capped: a float power overflows after ~1000 tries.
+        exponent = min(self.attempts, 64)
+        delay = min(self.maxDelay, self.initialDelay * BACKOFF_FACTOR**exponent)
         delay *= 0.5 + self._jitter() / 2
         self.attempts += 1
         self.log.debug("reconnecting the port watch in {delay:.1f} s", delay=delay)

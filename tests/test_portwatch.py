@@ -383,6 +383,16 @@ class WatcherTests(SynchronousTestCase):
         self.assertEqual(len(warned), 1)
         self.assertTrue(any("is back" in formatEvent(e) for e in self.logs))
 
+    def test_longOutage(self) -> None:
+        """
+        After thousands of failed attempts the delay is still the cap.
+        """
+        self.watcher.start()
+        self.watcher.attempts = 5000
+        self.endpoint.connects[-1].errback(ConnectionRefused())
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), 15.0)
+
     def test_connectTimeout(self) -> None:
         """
         A connection that does not open within the connect timeout is
