@@ -25,6 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from sprites_twisted import tap
 from sprites_twisted.autoforward import (
@@ -142,6 +143,16 @@ class ForwarderTests(SynchronousTestCase):
 
     def lines(self) -> list[str]:
         return [formatEvent(e) for e in self.logs if e["log_namespace"].endswith("AutoForwarder")]
+
+    def test_interfaces(self) -> None:
+        """
+        The forwarder is an L{IPortObserver}; the fakes provide what they
+        stand in for.
+        """
+        forwarder = self.make()
+        verifyObject(IPortObserver, forwarder)
+        verifyObject(IPortObserver, Tee(forwarder))
+        verifyObject(IPortWatcher, self.watchers[0])
 
     def test_samePortWhenFree(self) -> None:
         """
