@@ -122,11 +122,17 @@ def parsePortRanges(text: str) -> PortRanges:
     return PortRanges(tuple(ranges))
 
 
-def _normalAddress(address: str) -> str:
+def _normalAddresses(address: str) -> tuple[str, ...]:
+    """
+    The IP addresses a bind address stands for, as the watch reports them:
+    ``localhost`` (bound on both families) is 127.0.0.1 and ::1.
+    """
+    if address.lower() in ("localhost", "localhost."):
+        return ("127.0.0.1", "::1")
     try:
-        return ipaddress.ip_address(address.strip("[]")).compressed
+        return (ipaddress.ip_address(address.strip("[]")).compressed,)
     except ValueError:
-        return address
+        return (address,)
 
 
 @implementer(IPortObserver)
@@ -268,11 +274,12 @@ class AutoForwarder(Service):
         return None
 
     def _isOwnAddress(self, port: ListeningPort) -> bool:
-        address = _normalAddress(port.address)
-        own = {(_normalAddress(a), p) for a, p in self._ownAddresses()}
+        (address,) = _normalAddresses(port.address)[:1]
+        bound = list(self._ownAddresses())
         for session in self.sessions.values():
             if session.localAddr() is not None:
-                own.add((_normalAddress(self.interface), session.localPort))
+                bound.append((self.interface, session.localPort))
+        own = {(a, p) for host, p in bound for a in _normalAddresses(host)}
         if (address, port.port) in own:
             return True
         # A wildcard listener of ours covers every address.

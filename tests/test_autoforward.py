@@ -271,6 +271,19 @@ class ForwarderTests(SynchronousTestCase):
         forwarder.portOpened(ListeningPort(3001, "::1", 5151))
         self.assertEqual(sorted(forwarder.sessions), [3000, 3001])
 
+    def test_sameHostLocalhostBind(self) -> None:
+        """
+        A forwarder bound to ``localhost`` (both families) recognises its
+        own listeners on 127.0.0.1 and ::1.
+        """
+        self.client = FakeClient("http://127.0.0.1:8900")
+        forwarder = self.make(interface="localhost")
+        forwarder.portOpened(ListeningPort(3000, "0.0.0.0", 4242))
+        self.assertEqual(forwarder.sessions[3000].localPort, 3000)
+        forwarder.portOpened(ListeningPort(3000, "127.0.0.1"))
+        forwarder.portOpened(ListeningPort(3000, "::1"))
+        self.assertEqual(set(forwarder.sockets[3000]), {"0.0.0.0"})
+
     def test_remoteSpriteNotSkipped(self) -> None:
         """
         With a remote sprite, a pid equal to ours means nothing.
