@@ -868,3 +868,57 @@ class CommandTests(TestCase):
             self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 
         return Deferred.fromCoroutine(run())
+
+
+class FlowControlTests(TestCase):
+    """
+    A SOCKS client that does not read pauses the tunnel and the target;
+    once it reads, every byte arrives (memory stays flat).
+    """
+
+    timeout = 60
+    size = 32 * 1024 * 1024
+
+    def test_slowSOCKSClient(self) -> Deferred[None]:
+        """
+        The flooding target is paused long before it has sent half, then
+        everything arrives intact.
+        """
+        from tests.test_integration import FloodTarget, TrackingFactory
+
+        async def run() -> None:
+            flood = TrackingFactory(FloodTarget, self.size)
+            target = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(flood)
+            self.addCleanup(target.stopListening)
+            server = LocalSpriteServer(reactor, TOKEN)
+            api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                server.factory()
+            )
+            self.addCleanup(api.stopListening)
+            self.addCleanup(server.whenIdle)
+            client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}")
+            factory = client.socksFactory("box")
+            socks = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+            self.addCleanup(socks.stopListening)
+            self.addCleanup(factory.whenIdle)
+            local = LocalClient()
+            await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", socks.getHost().port), local
+            )
+            local.transport.write(
+                b"\x05\x01\x00" + socks5Connect(b"127.0.0.1", target.getHost().port)
+            )
+            await local.whenReceived(12)
+            local.transport.pauseProducing()
+            flooder = flood.instances[0]
+            await flooder.paused
+            self.assertLess(flooder.sent, self.size // 2)
+            local.transport.resumeProducing()
+            received = await local.whenReceived(12 + self.size)
+            self.assertEqual(received[:12], b"\x05\x00" + SUCCESS5)
+            self.assertEqual(hashlib.sha256(received[12:]).digest(), flooder.hash.digest())
+            await local.closed
+            assert local.reason is not None
+            self.assertTrue(local.reason.check(ConnectionDone))
+
+        return Deferred.fromCoroutine(run())
