@@ -18,7 +18,13 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClie
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprites_twisted.config import checkSpriteName, checkToken, isLoopbackHost, parseAPIURL
+from sprites_twisted.config import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    checkSpriteName,
+    checkToken,
+    isLoopbackHost,
+    parseAPIURL,
+)
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
 from sprites_twisted.errors import AddressError, MappingError
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
@@ -47,6 +53,9 @@ class SpritesClient:
         C{IOpenSSLTrustRoot}); the system trust store by default.
     :param transportEndpoint: connect to the API through this endpoint
         (tests, or a custom transport).
+    :param keepaliveInterval: seconds between WebSocket pings on each open
+        tunnel (15 by default); a tunnel with no answer for three intervals
+        is dead, and its local connection is reset.  0 turns pings off.
     :raises ConfigurationError: for a missing/invalid token or a bad URL.
     """
 
@@ -65,6 +74,7 @@ class SpritesClient:
         trustRoot: Any = None,
         allowInsecure: bool = False,
         transportEndpoint: IStreamClientEndpoint | None = None,
+        keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
     ) -> None:
         self._reactor = reactor
         self._token = checkToken(token)
@@ -84,6 +94,7 @@ class SpritesClient:
         self._trustRoot = trustRoot
         self._allowInsecure = allowInsecure
         self._transportEndpoint = transportEndpoint
+        self.keepaliveInterval = keepaliveInterval
         self._endpoints: dict[tuple[str, int, str, float], SpriteProxyEndpoint] = {}
 
     def __repr__(self) -> str:
@@ -124,6 +135,7 @@ class SpritesClient:
                 timeout=self.handshakeTimeout,
                 trustRoot=self._trustRoot,
                 allowInsecure=self._allowInsecure,
+                keepaliveInterval=self.keepaliveInterval,
             )
         self._endpoints[key] = endpoint
         while len(self._endpoints) > _ENDPOINT_CACHE_SIZE:

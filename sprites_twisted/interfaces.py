@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IAddress
 
-__all__ = ["IProxySession"]
+__all__ = ["IProxySession", "IResettableTransport"]
 
 
 class IProxySession(Interface):
@@ -48,4 +48,18 @@ class IProxySession(Interface):
         """
         The listening address (an C{IAddress}), or C{None} when the session
         is not listening.
+        """
+
+
+class IResettableTransport(Interface):
+    """
+    A stream transport that can end as broken after delivering what was
+    written to it: a tunnel (closed with code 1011), as opposed to
+    C{abortConnection}, which drops what is still buffered.
+    """
+
+    def resetConnection() -> None:  # type: ignore[misc]
+        """
+        Send what was written, then end the stream as broken, so that the
+        far end sees an error rather than a clean end of stream.
         """
