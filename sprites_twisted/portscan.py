@@ -17,12 +17,13 @@ listener on ``127.0.0.2:3000`` is another socket than the dev server's
 
 L{PortWatchServerProtocol} (Autobahn, public callbacks only) sends
 ``port_list`` first, then one ``port_opened``/``port_closed`` per change.
-L{PortWatchResource} is the ``twisted.web`` resource for the path: it
+L{PortWatchResource} is the ``twisted.web`` resource for the path
+(L{mountPortWatch} puts it under the server's ``/v1/sprites/{name}/``): it
 checks the bearer token and the sprite name with the server's own rules
-(L{sprites_twisted.server.LocalSpriteServer.checkAuthorization} and
-C{allowsSprite}, so ``--sprite`` is honoured), answers refusals with the
-same JSON error bodies as the proxy path, and hands the upgrade to
-Autobahn's C{WebSocketResource}.
+(L{sprites_twisted.server.LocalSpriteServer.checkRequest}, so
+``--sprite`` is honoured), answers refusals with the same JSON error
+bodies as the proxy path, and hands the upgrade to Autobahn's
+C{WebSocketResource}.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 __all__ = [
     "ListeningSocket",
@@ -49,8 +50,7 @@ __all__ = [
     "PortWatchServerProtocol",
     "PortWatchServerFactory",
     "PortWatchResource",
-    "portWatchSite",
-    "parseWatchPath",
+    "mountPortWatch",
     "SCAN_INTERVAL",
 ]
 
@@ -276,27 +276,6 @@ class PortScanner:
         return found
 
 
-def parseWatchPath(path: bytes) -> str | None:
-    """
-    The sprite name in ``/v1/sprites/{name}/ports/watch``, or C{None} for
-    any other path.
-    """
-    from urllib.parse import unquote
-
-    segments = path.split(b"/")
-    if (
-        len(segments) != 6
-        or segments[:3] != [b"", b"v1", b"sprites"]
-        or segments[4:] != [b"ports", b"watch"]
-        or not segments[3]
-    ):
-        return None
-    try:
-        return unquote(segments[3].decode("ascii"), errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        return None
-
-
 class PortWatchServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """
     One watcher: ``port_list`` when the WebSocket opens, then the changes.
@@ -365,89 +344,62 @@ class _Server(Protocol):
     What the resource needs of the local sprite server.
     """
 
-    def checkAuthorization(self, header: bytes | None) -> bool: ...
+    reactor: Any
+    spriteChildren: dict[bytes, Callable[[Any, str], Any]]
 
-    def allowsSprite(self, name: str) -> bool: ...
-
-
-def _jsonError(request: Request, status: int, code: str, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    if status == 401:
-        request.setHeader(b"www-authenticate", b'Bearer realm="sprites"')
-    return json.dumps({"error": code, "message": message}).encode("utf-8")
+    def checkRequest(self, request: Request, name: str) -> bytes | None: ...
 
 
 class PortWatchResource(Resource):
     """
-    ``/v1/sprites/{name}/ports/watch``: a leaf resource that authenticates
-    the request, checks the sprite name, and upgrades it to the watch.
+    ``/v1/sprites/{name}/ports``, whose one child ``watch`` upgrades to the
+    port watch of sprite C{name}.
 
-    Mount it where the path ends (``.../ports/watch``) with the sprite name
-    in C{spriteName}, or anywhere with C{spriteName=None} to read the name
-    from the request path.
+    The request is checked by the server's own rules
+    (C{LocalSpriteServer.checkRequest}: 401 for a bad token, 404 for a
+    sprite it does not serve, the same JSON bodies as the proxy path); a
+    request that is not a WebSocket upgrade is a 400.
 
-    :param server: a L{sprites_twisted.server.LocalSpriteServer} (its token
-        and ``--sprite`` names decide).
+    :param server: a L{sprites_twisted.server.LocalSpriteServer}.
     :param factory: the L{PortWatchServerFactory} serving the upgrades.
     """
 
     isLeaf = True
-    log = Logger()
 
-    def __init__(
-        self, server: _Server, factory: PortWatchServerFactory, spriteName: str | None = None
-    ) -> None:
+    def __init__(self, server: _Server, factory: PortWatchServerFactory, name: str) -> None:
         super().__init__()
-        self.localServer = server
-        self.spriteName = spriteName
-        self._webSocket = WebSocketResource(factory)
+        self.api = server
+        self.factory = factory
+        self.name = name
 
     def render(self, request: Request) -> Any:
-        name = self.spriteName
-        if name is None:
-            name = parseWatchPath(request.path)
-        if name is None:
-            return _jsonError(request, 404, "not_found", "no such endpoint")
-        if not self.localServer.checkAuthorization(request.getHeader(b"authorization")):
-            self.log.info("refused a port watch: HTTP 401 (unauthorized)")
-            return _jsonError(request, 401, "unauthorized", "missing or invalid bearer token")
-        if not self.localServer.allowsSprite(name):
-            return _jsonError(request, 404, "sprite_not_found", f"no sprite named {name!r}")
+        from sprites_twisted.server import refuse
+
+        if request.postpath != [b"watch"]:
+            return refuse(request, 404, "not_found", "no such endpoint")
+        refusal = self.api.checkRequest(request, self.name)
+        if refusal is not None:
+            return refusal
         if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
-            return _jsonError(request, 400, "bad_request", "expected a WebSocket upgrade")
-        return self._webSocket.render(request)
+            return refuse(request, 400, "bad_request", "expected a WebSocket upgrade")
+        # Twisted's HTTP channel is the connection's producer; the WebSocket
+        # takes the connection over, so it must let go.
+        channel: Any = request.channel
+        channel.transport.unregisterProducer()
+        return WebSocketResource(self.factory).render(request)
 
 
-class _WatchRoot(Resource):
+def mountPortWatch(server: _Server, scanner: PortScanner | None = None) -> PortScanner:
     """
-    Routes ``/v1/sprites/{name}/ports/watch`` to the watch, anything else to
-    a JSON 404.
+    Serve the port watch at ``/v1/sprites/{name}/ports/watch`` of the
+    local sprite server C{server} (replacing any watch mounted before).
+
+    :param scanner: what to report (this machine's ports, scanned once a
+        second on the server's reactor, by default).
+    :returns: the scanner.
     """
-
-    def __init__(self, watch: PortWatchResource) -> None:
-        super().__init__()
-        self.watch = watch
-
-    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
-        if parseWatchPath(request.path) is not None:
-            return self.watch
-        return _NotFound()
-
-
-class _NotFound(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        return _jsonError(request, 404, "not_found", "no such endpoint")
-
-
-def portWatchSite(server: _Server, scanner: PortScanner, reactor: Any) -> Site:
-    """
-    A C{twisted.web} site serving only the watch, for tests and for a
-    server that is not yet a resource tree.
-    """
-    resource = PortWatchResource(server, PortWatchServerFactory(scanner, reactor))
-    site = Site(_WatchRoot(resource), reactor=reactor)
-    site.noisy = False
-    return site
+    if scanner is None:
+        scanner = PortScanner(server.reactor)
+    factory = PortWatchServerFactory(scanner, server.reactor)
+    server.spriteChildren[b"ports"] = lambda api, name: PortWatchResource(api, factory, name)
+    return scanner

@@ -55,6 +55,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from sprites_twisted.config import DEFAULT_CLOSE_TIMEOUT
+from sprites_twisted.portscan import mountPortWatch
 from sprites_twisted.servertunnel import ProxyServerFactory, ServerTunnel
 from sprites_twisted.tracking import OpenSet
 
@@ -456,6 +457,9 @@ class LocalSpriteServer:
         #: Further resources under ``/v1/sprites/{name}/``: segment ->
         #: C{(server, name) -> IResource}.
         self.spriteChildren: dict[bytes, Callable[[LocalSpriteServer, str], IResource]] = {}
+        #: The port watch, ``/v1/sprites/{name}/ports/watch``: this machine's
+        #: listening ports (issue 12, L{sprites_twisted.portscan}).
+        self.portScanner = mountPortWatch(self)
         root = _Node()
         v1 = _Node()
         root.putChild(b"v1", v1)

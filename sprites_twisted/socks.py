@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -55,10 +54,8 @@ from sprites_twisted.errors import (
     TunnelTimeoutError,
 )
 from sprites_twisted.mapping import checkHost, formatTarget
-
-# The stream <-> stream pipe.  (Main is moving Pipe/splice to
-# sprites_twisted.pipe; this import is the one line to change.)
-from sprites_twisted.relay import OpenSet, Pipe, splice
+from sprites_twisted.pipe import Pipe, endStream, isCleanEnd, resetAfterFlush, splice
+from sprites_twisted.tracking import OpenSet
 
 if TYPE_CHECKING:
     from sprites_twisted.client import SpritesClient
@@ -388,11 +385,14 @@ class _TunnelSide(Pipe):
     The tunnel's end of one SOCKS connection's pipe.
 
     Data the tunnel delivers before the reply has gone out is held (capped)
-    and written after it.
+    and written after it.  When the tunnel ends, the local connection is
+    ended the same way (L{sprites_twisted.pipe.endStream}): a FIN for a
+    clean close, a reset for a broken tunnel.
     """
 
     def __init__(self, local: SOCKSServerProtocol) -> None:
         self.local = local
+        self.clock = local.factory.clock
         self._held: list[bytes] | None = []
         self._heldSize = 0
 
@@ -416,6 +416,7 @@ class _TunnelSide(Pipe):
             peer.transport.write(b"".join(held))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        Pipe.connectionLost(self, reason)
         self.local.tunnelLost(reason)
 
 
@@ -427,23 +428,6 @@ class _TunnelSideFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> _TunnelSide:
         return _TunnelSide(self.local)
-
-
-def _ended(transport: Any, reason: Failure | None) -> None:
-    """
-    End C{transport} the way its peer ended: a clean end (FIN) for a clean
-    one, a reset for anything else.
-    """
-    if transport is None:
-        return
-    try:
-        transport.unregisterProducer()
-    except Exception:  # noqa: BLE001 - none registered is fine
-        pass
-    if reason is None or reason.check(ConnectionDone):
-        transport.loseConnection()
-    else:
-        transport.abortConnection()
 
 
 class SOCKSServerProtocol(Pipe):
@@ -472,12 +456,14 @@ class SOCKSServerProtocol(Pipe):
         self._tunnel: _TunnelSide | None = None
         self._tunnelOpen = False
         self._lost = False
+        self._localEnd: Failure | None = None
         self._started = 0.0
 
     # Connection events
 
     def connectionMade(self) -> None:
         factory = self.factory
+        self.clock = factory.clock
         self._started = factory.clock.seconds()
         factory.connections.add(self)
         if factory.requestTimeout:
@@ -523,8 +509,9 @@ class SOCKSServerProtocol(Pipe):
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
-        if state is _State.RELAYING and self._tunnel is not None:
-            _ended(self._tunnel.transport, reason)
+        self._localEnd = reason
+        if state is _State.RELAYING:
+            Pipe.connectionLost(self, reason)  # ends the tunnel the same way
         self._maybeEnded()
 
     # Parsing
@@ -643,7 +630,11 @@ class SOCKSServerProtocol(Pipe):
         self._tunnel = tunnel
         self._tunnelOpen = True
         if self.state is not _State.CONNECTING:
-            tunnel.transport.loseConnection()
+            # Refused or gone meanwhile: end the tunnel as the client ended.
+            if self._lost and not isCleanEnd(self._localEnd):
+                resetAfterFlush(tunnel.transport, self.clock)
+            else:
+                tunnel.transport.loseConnection()
             return
         request = self.request
         assert request is not None
@@ -697,18 +688,19 @@ class SOCKSServerProtocol(Pipe):
 
     def tunnelLost(self, reason: Failure | None) -> None:
         """
-        The tunnel's connection is gone: end the local connection the same
-        way (a FIN for a clean close, a reset for a broken tunnel).
+        The tunnel's connection is gone; its side of the pipe has ended the
+        local connection the same way (a FIN for a clean close, a reset for
+        a broken tunnel).
         """
         self._tunnelOpen = False
-        if reason is not None and not reason.check(ConnectionDone) and not self._lost:
+        if not isCleanEnd(reason) and not self._lost:
             self.log.warn(
                 "SOCKS tunnel from {peer} to {sprite} {target} broke: {error}",
-                error=reason.getErrorMessage(),
+                error=reason.getErrorMessage() if reason is not None else "?",
                 **self._where(),
             )
-        if not self._lost:
-            _ended(self.transport, reason)
+        if self.peer is None and not self._lost and self.transport is not None:
+            endStream(self.transport, reason, self.clock)
         self._maybeEnded()
 
     # Refusals and the end

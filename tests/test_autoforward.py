@@ -37,7 +37,6 @@ from sprites_twisted.autoforward import (
 from sprites_twisted.client import SpritesClient
 from sprites_twisted.errors import MappingError
 from sprites_twisted.mapping import PortMapping
-from sprites_twisted.portscan import PortScanner, portWatchSite
 from sprites_twisted.portwatch import IPortObserver, IPortWatcher, ListeningPort, PortWatcher
 from sprites_twisted.server import LocalSpriteServer
 from sprites_twisted.socks import SOCKSService
@@ -508,8 +507,8 @@ async def fetch(host: str, port: int) -> bytes:
 
 class IntegrationTests(TestCase):
     """
-    The forwarder, the local sprite server and its watch (scanning this
-    machine's real ``/proc``) over loopback.
+    The forwarder and the local sprite server, whose watch scans this
+    machine's real ``/proc``, over loopback.
     """
 
     async def _start(self, interface: str, include: PortRanges) -> AutoForwarder:
@@ -518,10 +517,6 @@ class IntegrationTests(TestCase):
         api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.factory())
         self.addCleanup(api.stopListening)
         self.addCleanup(server.whenIdle)
-        watch = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            portWatchSite(server, PortScanner(reactor), reactor)
-        )
-        self.addCleanup(watch.stopListening)
         client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}")
         self.watchers: list[PortWatcher] = []
 
@@ -532,7 +527,7 @@ class IntegrationTests(TestCase):
                 "box",
                 self.tee,
                 token=TOKEN,
-                apiURL=f"http://127.0.0.1:{watch.getHost().port}",
+                apiURL=f"http://127.0.0.1:{api.getHost().port}",
             )
             self.watchers.append(watcher)
             return watcher

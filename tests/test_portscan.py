@@ -22,9 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from sprites_twisted.portscan import (
     ListeningSocket,
     PortScanner,
+    mountPortWatch,
     parseProcNetTCP,
-    parseWatchPath,
-    portWatchSite,
 )
 from sprites_twisted.server import LocalSpriteServer
 from tests.helpers import LocalClient
@@ -76,14 +75,6 @@ class ParseTests(SynchronousTestCase):
             parseProcNetTCP(TCP6),
             [("::", 5432, 666), ("::1", 5433, 777), ("127.0.0.1", 5434, 888)],
         )
-
-    def test_watchPath(self) -> None:
-        """
-        Only ``/v1/sprites/{name}/ports/watch`` names a sprite.
-        """
-        self.assertEqual(parseWatchPath(b"/v1/sprites/a%2Fb/ports/watch"), "a/b")
-        for path in (b"/v1/sprites//ports/watch", b"/v1/sprites/a/proxy", b"/v1/sprites/a/ports"):
-            self.assertIsNone(parseWatchPath(path))
 
 
 class FakeProc:
@@ -236,9 +227,8 @@ class ResourceTests(TestCase):
         proc = FakeProc()
         scanner = PortScanner(reactor, procRoot="/p", read=proc.read, listDirectory=lambda p: [])
         server = LocalSpriteServer(reactor, TOKEN, **kw)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            portWatchSite(server, scanner, reactor)
-        )
+        mountPortWatch(server, scanner)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.factory())
         self.addCleanup(port.stopListening)
         return port.getHost().port  # type: ignore[no-any-return]
 

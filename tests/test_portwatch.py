@@ -24,7 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sprites_twisted.errors import ConfigurationError
-from sprites_twisted.portscan import PortScanner, portWatchSite
+from sprites_twisted.portscan import PortScanner, mountPortWatch
 from sprites_twisted.portwatch import (
     IPortObserver,
     IPortWatcher,
@@ -522,8 +522,9 @@ class EndToEndTests(TestCase):
     """
 
     async def _serve(self, port: int = 0) -> Any:
-        site = portWatchSite(self.server, self.scanner, reactor)
-        listening = await TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(site)
+        listening = await TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(
+            self.server.factory()
+        )
         return listening
 
     def _setUp(self) -> None:
@@ -531,6 +532,7 @@ class EndToEndTests(TestCase):
         self.scanner = PortScanner(reactor, read=self.proc.read, listDirectory=lambda p: [])
         self.scanner.interval = 0.05
         self.server = LocalSpriteServer(reactor, TOKEN)
+        mountPortWatch(self.server, self.scanner)
 
     def _watcher(self, port: int, token: str = TOKEN) -> tuple[PortWatcher, Recorder]:
         observer = Recorder()
@@ -638,8 +640,9 @@ class SecrecyTests(TestCase):
             proc.ports = {4000}
             scanner = PortScanner(reactor, read=proc.read, listDirectory=lambda p: [])
             server = LocalSpriteServer(reactor, TOKEN)
+            mountPortWatch(server, scanner)
             listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-                portWatchSite(server, scanner, reactor)
+                server.factory()
             )
             self.addCleanup(listening.stopListening)
             port = listening.getHost().port

@@ -219,7 +219,12 @@ class SOCKS5Tests(SynchronousTestCase):
         self.greet()
         self.proto.dataReceived(socks5Connect(b"localhost", 80))
         tunnel, _ = self.h.endpoints[0].succeed()
+        tunnel.dataReceived(b"last words")
         tunnel.connectionLost(Failure(ConnectionLost("tunnel closed (code 1011)")))
+        # What arrived is delivered first, then the connection is reset.
+        self.assertEqual(self.transport.value(), SUCCESS5 + b"last words")
+        self.assertFalse(self.transport.disconnected)
+        self.transport.producer.resumeProducing()  # Twisted's buffer is empty
         self.assertTrue(self.transport.disconnected)
         self.assertTrue(any("broke" in _text(e) for e in self.logs))
 
@@ -228,6 +233,7 @@ class SOCKS5Tests(SynchronousTestCase):
         proto.dataReceived(b"\x05\x01\x00" + socks5Connect(b"localhost", 80))
         tunnel, tunnelTransport = h.endpoints[0].succeed()
         proto.connectionLost(Failure(ConnectionLost("reset")))
+        tunnelTransport.producer.resumeProducing()
         self.assertTrue(tunnelTransport.disconnected)
 
     def test_closeWhileConnectingCancels(self) -> None:
@@ -805,7 +811,8 @@ class CommandTests(TestCase):
     ``twistd sprites-local``, with curl as the SOCKS client.
     """
 
-    timeout = 60
+    # A hang fails in seconds, not minutes.
+    timeout = 30
 
     def test_socksCommand(self) -> Deferred[None]:
         """
@@ -845,7 +852,7 @@ class CommandTests(TestCase):
                 self.addCleanup(child.terminate)
                 children.append(child)
             local, proxy = children
-            await local.whenOutput(f"ProxyServerFactory starting on {apiPort}")
+            await local.whenOutput(f"APISite starting on {apiPort}")
             await proxy.whenOutput(f"SOCKS5/SOCKS4a on 127.0.0.1:{socksPort} -> demo")
             out, err, code = await getProcessOutputAndValue(
                 "curl",
