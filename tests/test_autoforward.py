@@ -490,6 +490,28 @@ class DevServer(ProcessProtocol):
         return d
 
 
+async def startDevServer(testCase: TestCase, port: int, payload: bytes) -> DevServer:
+    """
+    A dev server in another process (``python -m http.server``) on
+    127.0.0.1:C{port}, serving C{payload} as C{/blob}; stopped at the end
+    of the test.
+    """
+    directory = testCase.mktemp()
+    os.makedirs(directory)
+    with open(os.path.join(directory, "blob"), "wb") as f:
+        f.write(payload)
+    dev = DevServer()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    reactor.spawnProcess(
+        dev,
+        sys.executable,
+        [*argv, "--directory", directory],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    testCase.addCleanup(dev.stop)
+    return dev
+
+
 def freePort() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -540,34 +562,6 @@ class IntegrationTests(TestCase):
         await self.watchers[0].whenSynced()
         return forwarder
 
-    async def _devServer(self, port: int) -> DevServer:
-        """
-        A dev server in another process (``python -m http.server``) on
-        127.0.0.1:C{port}, serving C{/blob}.
-        """
-        directory = self.mktemp()
-        os.makedirs(directory)
-        with open(os.path.join(directory, "blob"), "wb") as f:
-            f.write(self.payload)
-        dev = DevServer()
-        reactor.spawnProcess(
-            dev,
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                directory,
-            ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )
-        self.addCleanup(dev.stop)
-        return dev
-
     def test_followsDevServerOnSamePort(self) -> None:
         """
         A dev server started after the forwarder is forwarded on the same
@@ -578,7 +572,7 @@ class IntegrationTests(TestCase):
         async def run() -> None:
             port = freePort()
             forwarder = await self._start("127.0.0.2", PortRanges.of([port]))
-            dev = await self._devServer(port)
+            dev = await startDevServer(self, port, self.payload)
             session = await forwarder.whenForwarded(port)
             self.assertEqual(session.localPort, port)
             body = await fetch("127.0.0.2", port)
@@ -601,7 +595,7 @@ class IntegrationTests(TestCase):
             port = freePort()
             forwarder = await self._start("127.0.0.1", PortRanges(((port, port + 20),)))
             ownSeen: Deferred[None] | None = None
-            await self._devServer(port)
+            await startDevServer(self, port, self.payload)
             session = await forwarder.whenForwarded(port)
             self.assertGreater(session.localPort, port)
             ownSeen = self.tee.waitFor(("opened", session.localPort, "127.0.0.1"))
@@ -609,5 +603,74 @@ class IntegrationTests(TestCase):
             self.assertEqual(sorted(forwarder.sessions), [port])
             body = await fetch("127.0.0.1", session.localPort)
             self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(self.payload).digest())
+
+        return Deferred.fromCoroutine(run())
+
+
+class CommandTests(TestCase):
+    """
+    ``twistd sprites-proxy --auto`` as a user runs it, against ``twistd
+    sprites-local``, following a dev server in a third process.
+    """
+
+    # A hang fails in seconds, not minutes.
+    timeout = 30
+
+    def test_autoCommand(self) -> Deferred[None]:
+        """
+        A dev server started after the command is forwarded on the same port
+        (on 127.0.0.2), serves intact, is unforwarded when it stops (one log
+        line each way); SIGTERM exits 0; the token is never printed.
+        """
+        from sprites_twisted.demo import TwistdProcess
+        from sprites_twisted.demo import freePort as demoFreePort
+        from tests.test_commands import childEnvironment
+
+        async def run() -> None:
+            self.payload = os.urandom(200 * 1024)
+            apiPort, devPort = demoFreePort(), freePort()
+            env = childEnvironment(
+                SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}"
+            )
+            children = []
+            for name, args in [
+                (
+                    "sprites-local",
+                    ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
+                ),
+                (
+                    "sprites-proxy",
+                    [
+                        "sprites-proxy",
+                        "-s",
+                        "demo",
+                        "--auto",
+                        "--auto-ports",
+                        str(devPort),
+                        "--bind",
+                        "127.0.0.2",
+                    ],
+                ),
+            ]:
+                child = TwistdProcess(name)
+                cwd = self.mktemp()
+                os.makedirs(cwd)
+                child.start(reactor, args, env, cwd)
+                self.addCleanup(child.terminate)
+                children.append(child)
+            local, proxy = children
+            await local.whenOutput(f"APISite starting on {apiPort}")
+            await proxy.whenOutput("watching the ports of demo")
+            forwarded = proxy.whenOutput(f"port {devPort} in the sprite -> 127.0.0.2:{devPort}")
+            dev = await startDevServer(self, devPort, self.payload)
+            await forwarded
+            body = await fetch("127.0.0.2", devPort)
+            self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(self.payload).digest())
+            closed = proxy.whenOutput(f"port {devPort} in the sprite closed")
+            await dev.stop()
+            await closed
+            self.assertEqual(await proxy.terminate(), 0, proxy.output.decode())
+            self.assertEqual(await local.terminate(), 0, local.output.decode())
+            self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 
         return Deferred.fromCoroutine(run())
