@@ -18,8 +18,9 @@ about each port that opens or closes:
   closed, new ones opened; the observer never sees a port twice.
 - Unknown message types and unknown fields are ignored; malformed messages
   are logged (one line each) and skipped.
-- A ping every L{PING_INTERVAL} seconds notices a dead path; no answer
-  within L{PING_TIMEOUT} seconds drops the connection (and so reconnects).
+- A ping every L{PING_INTERVAL} seconds notices a dead path
+  (L{sprites_twisted.keepalive.Keepalive}, as for tunnels): no answer
+  within three intervals drops the connection (and so reconnects).
 
 The WebSocket is Autobahn's, used through its public callbacks only: a
 thin L{WatchClientProtocol} forwards ``onOpen``/``onMessage``/``onClose`` to
@@ -48,6 +49,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from sprites_twisted import __version__
 from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL, proxyPath
+from sprites_twisted.keepalive import Keepalive
 
 __all__ = [
     "IPortObserver",
@@ -60,13 +62,10 @@ __all__ = [
     "watchPath",
     "WatchMessageError",
     "PING_INTERVAL",
-    "PING_TIMEOUT",
 ]
 
 #: Seconds between pings on an open watch (the SDKs' 15 s).
 PING_INTERVAL = 15.0
-#: Seconds without any answer before the watch is considered dead.
-PING_TIMEOUT = 45.0
 #: The largest watch message accepted (a ``port_list`` of every port fits).
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 #: Backoff: first delay, factor, cap (seconds).
@@ -309,7 +308,6 @@ class PortWatcher:
         maxDelay: float = MAX_DELAY,
         connectTimeout: float = DEFAULT_CONNECT_TIMEOUT,
         pingInterval: float = PING_INTERVAL,
-        pingTimeout: float = PING_TIMEOUT,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._reactor = reactor
@@ -318,7 +316,7 @@ class PortWatcher:
         token = checkToken(token)
         self._api = parseAPIURL(apiURL, allowInsecure=allowInsecure)
         if transportEndpoint is None:
-            from sprites_twisted.endpoint import apiTransportEndpoint, loadTrustRoot
+            from sprites_twisted.tls import apiTransportEndpoint, loadTrustRoot
 
             transportEndpoint = apiTransportEndpoint(
                 reactor, self._api, loadTrustRoot(trustRoot), connectTimeout
@@ -330,7 +328,6 @@ class PortWatcher:
         self.maxDelay = maxDelay
         self.connectTimeout = connectTimeout
         self.pingInterval = pingInterval
-        self.pingTimeout = pingTimeout
         self._jitter = jitter
         self.state = State.IDLE
         self.ports: dict[tuple[int, str], ListeningPort] = {}
@@ -338,8 +335,7 @@ class PortWatcher:
         self._proto: WatchClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
-        self._pinger: IDelayedCall | None = None
-        self._lastHeard = 0.0
+        self._keepalive: Keepalive | None = None
         self._synced: list[Deferred[None]] = []
         self._gone: list[Deferred[None]] = []
         self._lastProblem: str | None = None
@@ -476,14 +472,14 @@ class PortWatcher:
             return
         self._cancelTimers()
         self.state = State.LISTING
-        self._lastHeard = self._reactor.seconds()
-        self._schedulePing()
+        self._keepalive = Keepalive(self._reactor, self.pingInterval, proto.sendPing, self._dead)
+        self._keepalive.start()
 
     def messageReceived(self, payload: bytes, isBinary: bool) -> None:
         """
         One message from the server.
         """
-        self._lastHeard = self._reactor.seconds()
+        self.heard()
         if self.state not in (State.LISTING, State.SYNCED):
             return
         if isBinary:
@@ -511,7 +507,8 @@ class PortWatcher:
         """
         A pong (or any frame): the path is alive.
         """
-        self._lastHeard = self._reactor.seconds()
+        if self._keepalive is not None:
+            self._keepalive.pong()
 
     def wsClosed(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
@@ -592,28 +589,17 @@ class PortWatcher:
 
     # Liveness and timers
 
-    def _schedulePing(self) -> None:
-        if self.pingInterval:
-            self._pinger = self._reactor.callLater(self.pingInterval, self._ping)
-
-    def _ping(self) -> None:
-        self._pinger = None
+    def _dead(self, why: str) -> None:
+        """
+        The keepalive gave up: drop the connection (which reconnects).
+        """
+        self.log.warn(
+            "port watch of {sprite}: {why}; reconnecting", sprite=self.spriteName, why=why
+        )
+        self._lastProblem = why
         proto = self._proto
-        if proto is None or self.state not in (State.LISTING, State.SYNCED):
-            return
-        silent = self._reactor.seconds() - self._lastHeard
-        if self.pingTimeout and silent >= self.pingTimeout:
-            self.log.warn(
-                "port watch of {sprite}: no answer for {silent:.0f} s; reconnecting",
-                sprite=self.spriteName,
-                silent=silent,
-            )
-            self._lastProblem = "no answer"
-            if proto.transport is not None:
-                proto.transport.abortConnection()
-            return
-        proto.sendPing()
-        self._schedulePing()
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()
 
     def _abort(self) -> None:
         self._timer = None
@@ -622,11 +608,12 @@ class PortWatcher:
             proto.transport.abortConnection()
 
     def _cancelTimers(self) -> None:
-        for name in ("_timer", "_pinger"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        call, self._timer = self._timer, None
+        if call is not None and call.active():
+            call.cancel()
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None:
+            keepalive.stop()
 
 
 def _quietLogger() -> Any:
