@@ -10,7 +10,7 @@ every error arrives as a failed Deferred naming the bad value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
@@ -269,7 +269,9 @@ class SpritesClient:
     # Issue 12: the port watch, automatic forwarding and SOCKS (the logic
     # is in sprites_twisted.portwatch, .autoforward and .socks).
 
-    def watchPorts(self, spriteName: str, observer: Any, *, start: bool = True) -> Any:
+    def watchPorts(
+        self, spriteName: str, observer: IPortObserver, *, start: bool = True
+    ) -> PortWatcher:
         """
         Watch the ports listening in the sprite: a
         L{sprites_twisted.portwatch.PortWatcher} reporting to C{observer}
@@ -291,7 +293,7 @@ class SpritesClient:
             watcher.start()
         return watcher
 
-    def autoForward(self, spriteName: str, **kw: Any) -> Any:
+    def autoForward(self, spriteName: str, **kw: Any) -> AutoForwarder:
         """
         A L{sprites_twisted.autoforward.AutoForwarder} service for the
         sprite (add it to a L{ProxyManager}); C{kw} as it takes.
@@ -300,7 +302,7 @@ class SpritesClient:
 
         return AutoForwarder(self, spriteName, **kw)
 
-    def socksFactory(self, spriteName: str, **kw: Any) -> Any:
+    def socksFactory(self, spriteName: str, **kw: Any) -> SOCKSServerFactory:
         """
         A SOCKS server factory whose CONNECTs are tunnels into the sprite
         (L{sprites_twisted.socks.socksFactory}); listen with it on any
@@ -355,14 +357,20 @@ class Sprite:
 
     # Issue 12
 
-    def autoForward(self, **kw: Any) -> Any:
+    def autoForward(self, **kw: Any) -> AutoForwarder:
         """
         See L{SpritesClient.autoForward}.
         """
         return self.client.autoForward(self.name, **kw)
 
-    def socksFactory(self, **kw: Any) -> Any:
+    def socksFactory(self, **kw: Any) -> SOCKSServerFactory:
         """
         See L{SpritesClient.socksFactory}.
         """
         return self.client.socksFactory(self.name, **kw)
+
+
+if TYPE_CHECKING:  # issue 12's types, imported lazily at run time
+    from sprites_twisted.autoforward import AutoForwarder
+    from sprites_twisted.portwatch import IPortObserver, PortWatcher
+    from sprites_twisted.socks import SOCKSServerFactory
