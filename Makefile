@@ -11,7 +11,7 @@ TRIAL = $(1) -m twisted.trial --reporter=text
 
 # Load and subprocess tests: `make e2e`.  Everything else is `make test`,
 # which runs once with the relay's fast path and once without it.
-E2E := tests.test_faults tests.test_commands tests.test_demo
+E2E := tests.test_faults tests.test_commands tests.test_demo tests.test_followcommands
 UNIT := $(filter-out $(E2E),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py)))
 
 .PHONY: all test e2e test-newest lock demo lint format typecheck docs bench check clean plugins venv
