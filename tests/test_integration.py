@@ -750,3 +750,29 @@ class StreamEndTests(TestCase):
         await h.server.whenIdle()
         ended = [line for line in logs.texts() if "ended (" in line]
         self.assertIn("the client closed with 1000", ended[0])
+
+
+class SocketOptionTests(TestCase):
+    """
+    Sockets of a forwarded connection notice a dead peer by themselves.
+    """
+
+    async def test_tcpKeepalive(self) -> None:
+        """
+        TCP keepalive is on for the accepted local connection and for the
+        tunnel's connection to the API.
+        """
+        h = Harness(self)
+        await h.start()
+        session = await h.forward()
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"x")
+        await local.receivedAtLeast(1)
+        (proto,) = session.factory.connections
+        tunnelTCP = proto.peer.transport.channel.getTCPTransport()
+        for transport in (proto.transport, tunnelTCP):
+            handle = transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        local.transport.loseConnection()
+        await local.lost
