@@ -953,8 +953,9 @@ class SOCKSService(Service):
     """
     Listen for SOCKS clients on C{interface}:C{port} while running.
 
-    ``startService`` raises C{CannotListenError} (naming the address) when
-    the port cannot be had, so that twistd stops at start-up; stopping
+    C{listen} (which a manager may call instead of C{startService}) fails,
+    and C{startService} raises, with C{CannotListenError} naming the
+    address when the port cannot be had, so that start-up stops; stopping
     stops listening, gives open connections C{drainTimeout} seconds, then
     closes them.
     """
@@ -976,23 +977,38 @@ class SOCKSService(Service):
         self.drainTimeout = drainTimeout
         self.listeningPort: Any = None
 
-    def startService(self) -> None:
+    def listen(self) -> Deferred[SOCKSService]:
+        """
+        Start listening (once).
+
+        :returns: a Deferred that fires with this service when listening,
+            or fails with C{CannotListenError} (which names the address).
+        """
         from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
-        Service.startService(self)
+        if self.listeningPort is not None:
+            return succeed(self)
         endpoint: Any
         if ":" in self.interface:
             endpoint = TCP6ServerEndpoint(self._reactor, self.port, interface=self.interface)
         else:
             endpoint = TCP4ServerEndpoint(self._reactor, self.port, interface=self.interface)
+        d: Deferred[Any] = endpoint.listen(self.factory)
+        return d.addCallback(self._listening)
+
+    def startService(self) -> None:
+        """
+        Listen; a port that cannot be had raises C{CannotListenError} here,
+        so that start-up stops naming the address.
+        """
+        Service.startService(self)
         failures: list[Failure] = []
-        d = endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
+        self.listen().addErrback(failures.append)
         if failures:
             self.running = 0
             failures[0].raiseException()
 
-    def _listening(self, port: Any) -> None:
+    def _listening(self, port: Any) -> SOCKSService:
         self.listeningPort = port
         self.log.info(
             "SOCKS5/SOCKS4a on {address} -> {sprite}",
@@ -1006,6 +1022,7 @@ class SOCKSService(Service):
                 address=formatTarget(self.interface, port.getHost().port),
                 sprite=self.factory.spriteName,
             )
+        return self
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

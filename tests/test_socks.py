@@ -549,6 +549,8 @@ class ServiceTests(SynchronousTestCase):
         service = SOCKSService(memory, Harness().factory, "::1", 1080)
         service.startService()
         self.assertEqual((memory.tcpServers[0][0], memory.tcpServers[0][3]), (1080, "::1"))
+        self.assertIs(self.successResultOf(service.listen()), service)
+        self.assertEqual(len(memory.tcpServers), 1)
         self.successResultOf(service.stopService())
 
     def test_busyPortRaises(self) -> None:
@@ -569,6 +571,7 @@ class ServiceTests(SynchronousTestCase):
         e = self.assertRaises(CannotListenError, service.startService)
         self.assertIn(f"127.0.0.1:{port}", str(e))
         self.assertFalse(service.running)
+        self.failureResultOf(service.listen(), CannotListenError)
 
     def test_parseListenAddress(self) -> None:
         """
