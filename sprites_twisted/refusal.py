@@ -42,8 +42,8 @@ class ResponseHead(NamedTuple):
     A parsed HTTP response head.
 
     :ivar status: the status code, or C{None} for an unparsable status line.
-    :ivar headers: lower-cased names to values (repeated names joined by
-        ``, ``).
+    :ivar headers: lower-cased names to values (the values of a repeated name
+        joined with commas).
     :ivar size: bytes of the head, blank line included (where the body
         starts).
     """
