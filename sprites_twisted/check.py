@@ -191,16 +191,19 @@ def checkSprite(
     result = Deferred.fromCoroutine(answer())
 
     def unreachable(failure: Failure) -> Failure:
-        if failure.check(UpgradeRefusedError, APIUnreachableError):
+        if failure.check(UpgradeRefusedError, APIUnreachableError, CancelledError):
             return failure
-        if failure.check(CancelledError):
-            reason = f"no answer within {timeout:g} s"
-        elif failure.check(ConnectError):
+        if failure.check(ConnectError):
             reason = failure.getErrorMessage()
         else:
             reason = f"the request failed: {failure.getErrorMessage()}"
         return Failure(APIUnreachableError(api.describe(), reason))
 
+    result.addErrback(unreachable)
     if timeout:
-        result.addTimeout(timeout, reactor)
-    return result.addErrback(unreachable)
+
+        def timedOut(value: object, _timeout: float) -> Failure:
+            return Failure(APIUnreachableError(api.describe(), f"no answer within {timeout:g} s"))
+
+        result.addTimeout(timeout, reactor, onTimeoutCancel=timedOut)
+    return result
