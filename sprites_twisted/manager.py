@@ -127,7 +127,7 @@ class ProxyManager(MultiService):
     def _started(self, result: Any) -> None:
         self._ready = None
         if isinstance(result, Failure):
-            if not result.check(CancelledError):
+            if not result.check(CancelledError) and not self._readyWaiters:
                 self.log.error("not forwarding: {error}", error=result.getErrorMessage())
             self._outcome = result
         else:
@@ -150,7 +150,9 @@ class ProxyManager(MultiService):
         L{sprites_twisted.errors.SpriteNotFoundError}) or the first listen
         failure (C{CannotListenError} names the address).  The other
         sessions keep listening after a listen failure; the caller decides
-        (the ``sprites-proxy`` command exits).
+        (the ``sprites-proxy`` command exits).  A failure that a
+        C{whenReady} caller waited for is theirs to report; otherwise the
+        manager logs it as an error.
         """
         d: Deferred[None] = Deferred()
         if self._outcome is _PENDING:

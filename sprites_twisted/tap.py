@@ -337,8 +337,8 @@ def describeStartFailure(failure: Failure, options: Options) -> str:
 def makeService(options: Options) -> ProxyManager:
     """
     Called by twistd with the parsed options.  When start-up fails (the
-    check refused the token or the sprite, or a port cannot listen), the
-    manager logs it as an error and the reactor stops: a forwarder that
+    check refused the token or the sprite, or a port cannot listen), that
+    is logged as an error and the reactor stops: a forwarder that
     forwards nothing should not go on running as a daemon.  The exit code
     is twistd's.
     """
@@ -347,7 +347,10 @@ def makeService(options: Options) -> ProxyManager:
     manager = _makeService(options, reactor)
 
     def startFailed(failure: Failure) -> None:
-        if not failure.check(CancelledError) and reactor.running:
+        if failure.check(CancelledError):
+            return
+        log.error("not forwarding: {why}", why=describeStartFailure(failure, options))
+        if reactor.running:
             reactor.stop()
 
     manager.whenReady().addErrback(startFailed)

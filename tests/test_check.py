@@ -37,8 +37,11 @@ class FakeAPI(Resource):
 
     isLeaf = True
 
-    def __init__(self, sprites: set[str], status: int | None = None) -> None:
+    def __init__(
+        self, sprites: set[str], status: int | None = None, token: str = TEST_TOKEN
+    ) -> None:
         super().__init__()
+        self.token = token
         self.sprites = sprites
         self.status = status
         self.requests: list[tuple[bytes, dict[bytes, bytes]]] = []
@@ -52,7 +55,7 @@ class FakeAPI(Resource):
             if self.status == 429:
                 request.setHeader(b"retry-after", b"7")
             return json.dumps({"error": "busy", "message": "try later"}).encode()
-        if headers.get(b"authorization") != f"Bearer {TEST_TOKEN}".encode():
+        if headers.get(b"authorization") != f"Bearer {self.token}".encode():
             request.setResponseCode(401)
             return json.dumps({"error": "unauthorized", "message": "bad token"}).encode()
         name = request.uri.decode().rsplit("/", 1)[-1]
