@@ -29,7 +29,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from sprites_twisted import cli
@@ -381,3 +381,44 @@ class StdioTests(TestCase):
         self.assertEqual((code, out), (1, b""), err)
         self.assertIn(b"the Sprites API rejected the token (from $SPRITE_TOKEN)\n", err)
         self.assertNotIn(b"not-the-token-1", err)
+
+
+class PackagingTests(TestCase):
+    """
+    The installed distribution (``make test`` installs it first): the
+    console script, ``py.typed``, and license metadata matching LICENSE.
+    """
+
+    async def test_installed(self) -> None:
+        """
+        Outside the tree, ``sprites-proxy --version`` runs from the
+        interpreter's scripts directory, the installed package ships
+        ``py.typed``, and the metadata says MIT as LICENSE does.
+        """
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        script = os.path.join(os.path.dirname(sys.executable), "sprites-proxy")
+        if not os.path.exists(script):
+            raise SkipTest("sprites-twisted is not installed here (make test installs it)")
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        out, err, code = await getProcessOutputAndValue(
+            script, ["--version"], env=env, path=elsewhere, reactor=reactor
+        )
+        self.assertEqual((code, out), (0, b"sprites-proxy (sprites-twisted) 0.1.0\n"), err)
+        probe = (
+            "import importlib.metadata as m, os, sprites_twisted\n"
+            "d = m.metadata('sprites-twisted')\n"
+            "print(os.path.exists(os.path.join(os.path.dirname(sprites_twisted.__file__), "
+            "'py.typed')))\n"
+            "print(d['License'])\n"
+            "print('License :: OSI Approved :: MIT License' in d.get_all('Classifier'))\n"
+        )
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-c", probe], env=env, path=elsewhere, reactor=reactor
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().split(), ["True", "MIT", "True"])
+        with open(os.path.join(ROOT, "LICENSE")) as f:
+            self.assertEqual(f.readline().strip(), "MIT License")
