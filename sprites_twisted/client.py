@@ -23,7 +23,13 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sprites_twisted.config import checkSpriteName, checkToken, isLoopbackHost, parseAPIURL
+from sprites_twisted.config import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    checkSpriteName,
+    checkToken,
+    isLoopbackHost,
+    parseAPIURL,
+)
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
 from sprites_twisted.errors import AddressError, MappingError
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
@@ -34,9 +40,6 @@ __all__ = ["SpritesClient", "Sprite", "DEFAULT_KEEPALIVE_INTERVAL", "serverEndpo
 
 #: How many endpoints (distinct targets) a client keeps for reuse.
 _ENDPOINT_CACHE_SIZE = 64
-#: Seconds between WebSocket pings on a tunnel; a tunnel fails after three
-#: intervals without a pong.
-DEFAULT_KEEPALIVE_INTERVAL = 15.0
 
 
 def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
@@ -77,9 +80,9 @@ class SpritesClient:
         C{IOpenSSLTrustRoot}); the system trust store by default.
     :param transportEndpoint: connect to the API through this endpoint
         (tests, or a custom transport).
-    :param keepaliveInterval: seconds between WebSocket pings on each
-        tunnel (a tunnel fails after three intervals without a pong); 0
-        turns pings off.
+    :param keepaliveInterval: seconds between WebSocket pings on each open
+        tunnel (15 by default); a tunnel with no answer for three intervals
+        is dead, and its local connection is reset.  0 turns pings off.
     :param check: sessions made by this client carry a C{check} that asks
         the API about their sprite (L{checkSprite}) before a
         L{sprites_twisted.manager.ProxyManager} starts them.
@@ -116,9 +119,6 @@ class SpritesClient:
                 host=api.host,
             )
         self.handshakeTimeout = handshakeTimeout
-        # Note for the merge: the tunnels do not ping yet; the endpoint on
-        # main takes this value.
-        self.keepaliveInterval = keepaliveInterval
         self.check = check
         self.lingerTimeout = lingerTimeout
         self.drainTimeout = drainTimeout
@@ -126,6 +126,7 @@ class SpritesClient:
         self._trustRoot = trustRoot
         self._allowInsecure = allowInsecure
         self._transportEndpoint = transportEndpoint
+        self.keepaliveInterval = keepaliveInterval
         self._endpoints: dict[tuple[str, int, str, float], SpriteProxyEndpoint] = {}
 
     def __repr__(self) -> str:
@@ -166,6 +167,7 @@ class SpritesClient:
                 timeout=self.handshakeTimeout,
                 trustRoot=self._trustRoot,
                 allowInsecure=self._allowInsecure,
+                keepaliveInterval=self.keepaliveInterval,
             )
         self._endpoints[key] = endpoint
         while len(self._endpoints) > _ENDPOINT_CACHE_SIZE:

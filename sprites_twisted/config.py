@@ -20,6 +20,13 @@ from sprites_twisted.mapping import bracketHost, formatTarget
 
 __all__ = [
     "DEFAULT_API_URL",
+    "USER_AGENT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_LINGER_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_INTERFACE",
+    "DEFAULT_KEEPALIVE_INTERVAL",
     "APIEndpoint",
     "apiURLFromEnvironment",
     "tokenFromEnvironment",
@@ -30,7 +37,26 @@ __all__ = [
     "isLoopbackHost",
 ]
 
+from sprites_twisted import __version__  # noqa: E402
+
+#: The public Sprites API.
 DEFAULT_API_URL = "https://api.sprites.dev"
+#: Our honest User-Agent on every request to the API.
+USER_AGENT = f"sprites-twisted/{__version__}"
+#: Seconds from ``connect`` until a tunnel must have answered ``connected``.
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: Seconds a closing tunnel waits for the closing handshake before closing
+#: its TCP connection (and ten times that before aborting it).
+DEFAULT_CLOSE_TIMEOUT = 1.0
+#: Seconds a half-closed local connection waits for more of the reply.
+DEFAULT_LINGER_TIMEOUT = 2.0
+#: Seconds open connections may go on after a session stops listening.
+DEFAULT_DRAIN_TIMEOUT = 5.0
+#: Where listeners bind unless the caller says otherwise.
+DEFAULT_INTERFACE = "127.0.0.1"
+#: Seconds between WebSocket pings on an open tunnel (0: none); a tunnel
+#: is dead after three intervals without an answer.
+DEFAULT_KEEPALIVE_INTERVAL = 15.0
 TOKEN_VARIABLES = ("SPRITE_TOKEN", "SPRITES_TOKEN")
 
 

@@ -10,88 +10,38 @@ service inside a sprite through it.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted.config import APIEndpoint, checkSpriteName, checkToken, parseAPIURL, proxyPath
+from sprites_twisted.config import (
+    DEFAULT_API_URL,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    checkSpriteName,
+    checkToken,
+    parseAPIURL,
+    proxyPath,
+)
 from sprites_twisted.errors import APIUnreachableError, TunnelTimeoutError
 from sprites_twisted.mapping import checkHost, checkPort
-from sprites_twisted.relay import SpriteAddress
-from sprites_twisted.tunnel import AttemptFactory, TunnelAttempt, TunnelClientFactory
+from sprites_twisted.tls import apiTransportEndpoint, loadTrustRoot
+from sprites_twisted.tunnel import AttemptFactory, Tunnel, TunnelClientFactory
 from sprites_twisted.wire import encodeInit
+from sprites_twisted.wsstream import SpriteAddress
 
-__all__ = ["SpriteProxyEndpoint", "DEFAULT_HANDSHAKE_TIMEOUT", "apiTransportEndpoint"]
-
-#: Seconds from ``connect`` until the tunnel must have answered ``connected``.
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
-
-
-def apiTransportEndpoint(
-    reactor: Any, api: APIEndpoint, trustRoot: Any = None, timeout: float = 30
-) -> IStreamClientEndpoint:
-    """
-    The TCP (and, for ``https``/``wss``, verified TLS) endpoint to the API.
-
-    TLS uses Twisted's C{optionsForClientTLS}: the chain is checked against
-    C{trustRoot} (the system store by default) and the host name with
-    service_identity.  IP literals skip name resolution.
-
-    :param trustRoot: C{None} (system store), an C{IOpenSSLTrustRoot}, or
-        the path of a PEM file of CA certificates.
-    """
-    try:
-        address = ipaddress.ip_address(api.host)
-    except ValueError:
-        address = None
-    inner: IStreamClientEndpoint
-    if address is None:
-        inner = HostnameEndpoint(reactor, api.host, api.port, timeout=timeout)
-    elif address.version == 4:
-        inner = TCP4ClientEndpoint(reactor, api.host, api.port, timeout=timeout)
-    else:
-        inner = TCP6ClientEndpoint(reactor, api.host, api.port, timeout=timeout)
-    if not api.secure:
-        return inner
-    from twisted.internet.ssl import optionsForClientTLS
-
-    return wrapClientTLS(optionsForClientTLS(api.host, trustRoot=loadTrustRoot(trustRoot)), inner)
-
-
-def loadTrustRoot(trustRoot: Any) -> Any:
-    """
-    Turn a CA file path into a trust root; pass anything else through.
-    """
-    if isinstance(trustRoot, str):
-        from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-        from sprites_twisted.errors import ConfigurationError
-
-        try:
-            with open(trustRoot, "rb") as f:
-                pem = f.read()
-        except OSError as e:
-            raise ConfigurationError(f"cannot read CA file {trustRoot!r}: {e.strerror}") from None
-        certificates = []
-        marker = b"-----END CERTIFICATE-----"
-        for block in pem.split(marker)[:-1]:
-            certificates.append(Certificate.loadPEM(block + marker + b"\n"))
-        if not certificates:
-            raise ConfigurationError(f"CA file {trustRoot!r} holds no PEM certificate")
-        return trustRootFromCertificates(certificates)
-    return trustRoot
+__all__ = [
+    "SpriteProxyEndpoint",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "apiTransportEndpoint",
+    "loadTrustRoot",
+]
 
 
 @implementer(IStreamClientEndpoint)
@@ -113,6 +63,11 @@ class SpriteProxyEndpoint:
         one made from C{apiURL} (tests, proxies, custom TLS).
     :param trustRoot: CA certificates for ``wss`` (path or trust root).
     :param allowInsecure: allow a plain-text URL to a non-loopback host.
+    :param closeTimeout: seconds a closing tunnel waits for the closing
+        handshake before closing its TCP connection.
+    :param keepaliveInterval: seconds between WebSocket pings on an open
+        tunnel; it is dead (its stream ends as broken) after three intervals
+        without a pong.  0 turns pings off.
     """
 
     def __init__(
@@ -123,13 +78,13 @@ class SpriteProxyEndpoint:
         remoteHost: str = "localhost",
         *,
         token: str,
-        apiURL: str = "https://api.sprites.dev",
+        apiURL: str = DEFAULT_API_URL,
         transportEndpoint: IStreamClientEndpoint | None = None,
         timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         trustRoot: Any = None,
         allowInsecure: bool = False,
-        closeTimeout: float = 1.0,
-        maxFramePayloadSize: int = 0,
+        closeTimeout: float = DEFAULT_CLOSE_TIMEOUT,
+        keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
     ) -> None:
         self._reactor = reactor
         self.spriteName = checkSpriteName(spriteName)
@@ -140,6 +95,7 @@ class SpriteProxyEndpoint:
         self.apiURL = apiURL
         self._timeout = timeout
         self._closeTimeout = closeTimeout
+        self._keepaliveInterval = keepaliveInterval
         self._trustRoot = trustRoot
         if transportEndpoint is None:
             transportEndpoint = apiTransportEndpoint(reactor, self._api, trustRoot)
@@ -150,7 +106,6 @@ class SpriteProxyEndpoint:
             self._api.webSocketURL(proxyPath(self.spriteName)),
             self._token,
             reactor,
-            maxFramePayloadSize,
         )
 
     def __repr__(self) -> str:
@@ -179,21 +134,21 @@ class SpriteProxyEndpoint:
         tcpConnecting: list[Deferred[Any]] = []
 
         def cancel(d: Deferred[Any]) -> None:
-            attempt.done = True
             for pending in tcpConnecting:
                 if not pending.called:
                     pending.cancel()
             attempt.abort()
 
         result: Deferred[IProtocol] = Deferred(cancel)
-        attempt = TunnelAttempt(
-            result,  # type: ignore[arg-type]
-            protocolFactory,  # type: ignore[arg-type]
+        attempt = Tunnel(
+            result,
+            protocolFactory,
             self._initMessage,
             self._peerAddress,
             self._reactor,
             self._api.host,
             self._closeTimeout,
+            self._keepaliveInterval,
         )
         tcp = self._transportEndpoint.connect(AttemptFactory(self._wsFactory, attempt))
         tcpConnecting.append(tcp)
@@ -201,14 +156,10 @@ class SpriteProxyEndpoint:
         def tcpFailed(f: Failure) -> None:
             if attempt.done:
                 return None
-            if f.check(CancelledError):
-                attempt.failed(f)
-            elif f.check(ConnectError) and not f.check(APIUnreachableError):
-                attempt.failed(
-                    Failure(APIUnreachableError(self._api.describe(), f.getErrorMessage()))
-                )
-            else:
-                attempt.failed(f)
+            if f.check(ConnectError) and not f.check(APIUnreachableError, CancelledError):
+                f = Failure(APIUnreachableError(self._api.describe(), f.getErrorMessage()))
+            attempt.done = True
+            result.errback(f)
             return None
 
         tcp.addCallbacks(lambda _: None, tcpFailed)

@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.application.service import IService
-from zope.interface import Attribute
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IAddress
 
-__all__ = ["IProxySession"]
+__all__ = ["IProxySession", "IResettableTransport"]
 
 
 class IProxySession(IService):
@@ -52,4 +52,18 @@ class IProxySession(IService):
         """
         The listening address (an C{IAddress}), or C{None} when the session
         is not listening.
+        """
+
+
+class IResettableTransport(Interface):
+    """
+    A stream transport that can end as broken after delivering what was
+    written to it: a tunnel (closed with code 1011), as opposed to
+    C{abortConnection}, which drops what is still buffered.
+    """
+
+    def resetConnection() -> None:  # type: ignore[misc]
+        """
+        Send what was written, then end the stream as broken, so that the
+        far end sees an error rather than a clean end of stream.
         """

@@ -6,13 +6,20 @@ tunnel and is relayed through it.
 Like Twisted's ``portforward.ProxyServer``, an accepted connection is
 paused at once and reads nothing until the tunnel answers ``connected``:
 what the local client sends early waits in the kernel and is delivered
-once the tunnel is up.  A tunnel that fails closes that one connection and
+once the tunnel is up.  A tunnel that fails resets that one connection and
 is logged with its reason; the listener keeps serving.
 
-There is no half-close in the tunnel protocol.  When the local client shuts
-down its sending side we keep the tunnel open and keep delivering the
-sprite's reply until the sprite closes or nothing has arrived for
-C{lingerTimeout} seconds (the Go SDK drops the reply in that case).
+Each connection is a small state machine (L{LocalProxyProtocol.state}):
+
+- ``connecting``: paused, its tunnel being opened;
+- ``relaying``: spliced to the tunnel (L{sprites_twisted.pipe});
+- ``lingering``: the local client shut down its sending side.  The tunnel
+  protocol has no half-close, so the tunnel stays open and the sprite's
+  reply keeps being delivered until the sprite closes or nothing has
+  arrived for C{lingerTimeout} seconds (then both are closed cleanly);
+- ``closing``: one side is gone, the other being ended the same way (a
+  clean end as a FIN or close 1000, a broken one as a reset or close 1011);
+- ``done``: both are gone (the factory forgets it; the session can drain).
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -32,13 +38,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprites_twisted.config import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.mapping import formatTarget
-from sprites_twisted.relay import OpenSet, Pipe, splice
+from sprites_twisted.pipe import Pipe, isCleanEnd, resetAfterFlush, splice
+from sprites_twisted.tracking import OpenSet
 
 __all__ = ["LocalProxyProtocol", "LocalProxyFactory", "DEFAULT_LINGER_TIMEOUT"]
 
-#: Seconds a half-closed local connection waits for more reply data.
-DEFAULT_LINGER_TIMEOUT = 2.0
+CONNECTING = "connecting"
+RELAYING = "relaying"
+LINGERING = "lingering"
+CLOSING = "closing"
+DONE = "done"
 
 
 class _TunnelSide(Pipe):
@@ -50,10 +61,13 @@ class _TunnelSide(Pipe):
     def __init__(self, local: LocalProxyProtocol) -> None:
         self.peer = local
         self.local = local
+        self.clock = local.factory.clock
 
     def dataReceived(self, data: bytes) -> None:
-        Pipe.dataReceived(self, data)
-        self.local.replyArrived()
+        self.bytesIn += len(data)
+        self.local.transport.write(data)
+        if self.local.state == LINGERING:
+            self.local.replyArrived()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         Pipe.connectionLost(self, reason)
@@ -74,26 +88,34 @@ class _TunnelSideFactory(Factory):
 class LocalProxyProtocol(Pipe):
     """
     One accepted local connection, relayed through its own tunnel.
+
+    :ivar state: ``connecting``, ``relaying``, ``lingering``, ``closing``
+        or ``done`` (see the module docstring).
     """
 
     log = Logger()
     factory: LocalProxyFactory
     # An accepted TCP connection: ITCPTransport, IPushProducer and IConsumer.
     transport: Any
+    state = CONNECTING
     _connecting: Deferred[Any] | None = None
     _linger: IDelayedCall | None = None
-    _lost = False
-    _readClosed = False
+    _localGone = False
+    _tunnelGone = True
     _failed = False
-    _tunnelOpen = False
-    _ended = False
     _brokenBy: Failure | None = None
+    _localEnd: Failure | None = None
     _aborted = False
+    _lingerExpired = False
+    _lingerStarted: float | None = None
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.pauseProducing()
         factory = self.factory
+        self.clock = factory.clock
+        self.transport.pauseProducing()
+        setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
+        if setKeepAlive is not None:
+            setKeepAlive(True)
         self._started = factory.clock.seconds()
         factory.connectionStarted(self)
         d = factory.endpoint.connect(_TunnelSideFactory(self))
@@ -101,20 +123,27 @@ class LocalProxyProtocol(Pipe):
         d.addCallbacks(self._tunnelUp, self._tunnelFailed)
         d.addErrback(lambda f: self.log.failure("Unexpected error in a local connection", f))
 
+    # The tunnel
+
     def _tunnelUp(self, tunnel: _TunnelSide) -> None:
         self._connecting = None
-        self._tunnelOpen = True
-        if self._lost:
-            assert tunnel.transport is not None
-            tunnel.transport.loseConnection()
+        self._tunnelGone = False
+        if self._localGone:
+            # The local client went away while the tunnel was opening.
+            self.state = CLOSING
+            if isCleanEnd(self._localEnd):
+                tunnel.transport.loseConnection()
+            else:
+                resetAfterFlush(tunnel.transport, self.clock)
             return
+        self.state = RELAYING
         splice(self, tunnel)
-        assert self.transport is not None
         self.transport.resumeProducing()
 
     def _tunnelFailed(self, failure: Failure) -> None:
         self._connecting = None
-        if self._lost and failure.check(CancelledError):
+        if self._localGone and failure.check(CancelledError):
+            self._maybeDone()
             return
         self._failed = True
         self.log.warn(
@@ -122,21 +151,24 @@ class LocalProxyProtocol(Pipe):
             error=failure.getErrorMessage(),
             **self._where(),
         )
-        if self.transport is not None:
-            self.transport.loseConnection()
-        self._maybeEnded()
+        self.state = CLOSING
+        if not self._localGone:
+            # A refusal is an error for the local program, not an end of
+            # stream: reset its connection.
+            resetAfterFlush(self.transport, None)
+        self._maybeDone()
 
-    def tunnelClosed(self, reason: Failure | None = None) -> None:
+    def tunnelClosed(self, reason: Failure | None) -> None:
         """
-        The tunnel's connection is gone (its side of the pipe has already
-        closed ours).  C{reason} other than C{ConnectionDone} (an odd close
-        code, a dropped connection, a protocol violation) is logged as a
-        warning when the connection ends.
+        The tunnel is gone (its side of the pipe has already ended ours, the
+        same way: cleanly or as a reset).
         """
-        self._tunnelOpen = False
-        if reason is not None and not reason.check(ConnectionDone):
+        self._tunnelGone = True
+        if not isCleanEnd(reason) and not self._lingerExpired:
             self._brokenBy = reason
-        self._maybeEnded()
+        if self.state in (RELAYING, LINGERING):
+            self.state = CLOSING
+        self._maybeDone()
 
     def abort(self) -> None:
         """
@@ -145,8 +177,7 @@ class LocalProxyProtocol(Pipe):
         self._aborted = True
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            tunnel: Any = peer.transport  # a WebSocketStreamTransport
-            tunnel.abortConnection()
+            peer.transport.abortConnection()
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -157,58 +188,68 @@ class LocalProxyProtocol(Pipe):
         The local client will send nothing more.  Keep the tunnel to deliver
         the reply, until the sprite closes or it goes quiet.
         """
-        self._readClosed = True
-        if self.peer is None:
-            # No tunnel yet (or failed): nothing to wait for.
-            if self._connecting is None and self.transport is not None:
-                self.transport.loseConnection()
+        if self.state != RELAYING:
             return
-        self._armLinger()
+        self.state = LINGERING
+        self._lingerStarted = self.factory.clock.seconds()
+        self.log.debug(
+            "{peer} shut down writing; waiting up to {linger:g} s for more of the reply",
+            linger=self.factory.lingerTimeout,
+            **self._where(),
+        )
+        self._linger = self.factory.clock.callLater(self.factory.lingerTimeout, self._lingerDone)
 
     def writeConnectionLost(self) -> None:
         """
         The local client will read nothing more: end the connection.
         """
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self.transport.loseConnection()
 
     def replyArrived(self) -> None:
         """
         Data from the sprite: a lingering connection waits longer.
         """
-        if self._linger is not None:
+        if self._linger is not None and self._linger.active():
             self._linger.reset(self.factory.lingerTimeout)
 
-    def _armLinger(self) -> None:
-        if self._linger is None:
-            self._linger = self.factory.clock.callLater(
-                self.factory.lingerTimeout, self._lingerExpired
-            )
-
-    def _lingerExpired(self) -> None:
+    def _lingerDone(self) -> None:
         self._linger = None
-        if self.transport is not None:
-            self.transport.loseConnection()
+        if self.state != LINGERING:
+            return
+        self.log.debug(
+            "{peer}: no more of the reply for {linger:g} s; closing",
+            linger=self.factory.lingerTimeout,
+            **self._where(),
+        )
+        self._lingerExpired = True
+        self.transport.loseConnection()
+
+    # The local connection
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._lost = True
+        self._localGone = True
+        self._localEnd = reason
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
+        if self.state in (RELAYING, LINGERING):
+            self.state = CLOSING
         Pipe.connectionLost(self, reason)
-        self._maybeEnded()
+        self._maybeDone()
 
-    def _maybeEnded(self) -> None:
+    def _maybeDone(self) -> None:
         """
         Report the connection ended once both the local socket and the
         tunnel are gone (so that draining really leaves nothing open).
         """
-        if self._ended or not self._lost or self._tunnelOpen or self._connecting is not None:
+        if self.state == DONE or not self._localGone or not self._tunnelGone:
             return
-        self._ended = True
+        if self._connecting is not None:
+            return
+        self.state = DONE
         if not self._failed:
             peer = self.peer
             counts = {"sent": self.bytesIn, "received": peer.bytesIn if peer is not None else 0}
@@ -221,10 +262,15 @@ class LocalProxyProtocol(Pipe):
                     **self._where(),
                 )
             else:
+                # A linger (waiting for more of a reply after a half-close)
+                # is not part of the connection's duration.
+                end = self.factory.clock.seconds()
+                if self._lingerExpired and self._lingerStarted is not None:
+                    end = self._lingerStarted
                 self.log.info(
                     "connection from {peer} to {sprite} {target} ended: "
                     "{sent} bytes sent, {received} bytes received, {duration:.3f} s",
-                    duration=self.factory.clock.seconds() - self._started,
+                    duration=end - self._started,
                     **counts,
                     **self._where(),
                 )

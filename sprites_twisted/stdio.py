@@ -24,6 +24,7 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprites_twisted.interfaces import IResettableTransport
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT, LocalProxyFactory
 
 __all__ = ["StdioResult", "connectStdio"]
@@ -45,6 +46,24 @@ class _Watched:
             return failure
 
         return self._endpoint.connect(protocolFactory).addErrback(failed)
+
+
+@implementer(IResettableTransport)
+class _StandardIO(StandardIO):
+    """
+    Standard input and output as the local end of a relay.
+
+    Pipes cannot be reset: a broken tunnel (or a refused one) ends them
+    like a clean one, after what was written, and the process's exit code
+    says what happened.  Aborting also closes after what was written: the
+    bytes are the only output, and dropping some of them helps nobody.
+    """
+
+    def resetConnection(self) -> None:
+        self.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
 
 
 class StdioResult:
@@ -81,5 +100,5 @@ def connectStdio(
     watched = _Watched(endpoint)
     factory = LocalProxyFactory(watched, reactor, spriteName, target, lingerTimeout)
     protocol = factory.buildProtocol(None)
-    StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)
+    _StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)
     return factory.whenIdle().addCallback(lambda _: StdioResult(watched.failure))

@@ -1,262 +1,74 @@
 # -*- test-case-name: tests.test_tunnel -*-
 """
-The client side of one tunnel: an Autobahn WebSocket client protocol that
-performs the Sprites handshake and then relays bytes.
+The client side of one tunnel.
 
-States: ``upgrading`` (HTTP upgrade in flight) -> ``awaitingReply`` (init
-sent) -> ``relaying`` -> ``closed``.  The protocol reports the outcome of
-the first two states to a L{TunnelAttempt} (one per ``connect`` call), which
-turns it into the result of the endpoint's Deferred; after that, bytes flow
-through a L{WebSocketStreamTransport} to the application protocol.
+Two pieces, as magic-wormhole's ``_rendezvous.py`` splits them:
 
-Autobahn reports a refused upgrade only as text; we read the HTTP status,
-headers and body ourselves (L{TunnelClientProtocol.processHandshake}) so
-that a 401, 404 or 429 becomes a typed error with the server's message and
-``Retry-After``.
+- L{Tunnel}, a plain object with named states (``upgrading`` ->
+  ``awaitingReply`` -> ``relaying`` -> ``closed``) that sends the init,
+  reads the reply, fires the endpoint's Deferred, runs the keepalive and
+  decides how the stream ended;
+- L{TunnelClientProtocol}, a thin Autobahn shim that only forwards
+  Autobahn's public callbacks to it and carries out its sends.
+
+Autobahn reports a refused upgrade only as text, so the shim keeps the HTTP
+response bytes until the head (and, for a refusal, the body) is complete
+and hands them to L{sprites_twisted.refusal}: a 401, 404 or 429 becomes a
+typed error with the server's message and ``Retry-After``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.protocol import parseHttpHeader
-from autobahn.websocket.types import ConnectingRequest
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionLost, NoProtocol
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
-from sprites_twisted import __version__
-from sprites_twisted.errors import (
-    HandshakeError,
-    RateLimitedError,
-    SpriteAuthError,
-    SpriteNotFoundError,
-    SpriteServerError,
-    TLSHandshakeError,
-    TLSVerificationError,
-    TunnelClosedError,
-    UpgradeRefusedError,
-)
-from sprites_twisted.relay import (
-    SharedOptionsFactoryMixin,
+from sprites_twisted import _fastpath
+from sprites_twisted.config import USER_AGENT
+from sprites_twisted.errors import HandshakeError, TunnelClosedError
+from sprites_twisted.keepalive import Keepalive
+from sprites_twisted.refusal import ResponseHead, parseResponseHead, refusalError
+from sprites_twisted.tls import isTLSFailure, tlsFailure
+from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
+from sprites_twisted.wsstream import (
     SpriteAddress,
-    StreamingWebSocketMixin,
     WebSocketStreamTransport,
     closeFailure,
-    isTLSFailure,
     quietAutobahnLogger,
-    sendMessage,
+    sendCloseCode,
 )
-from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
 __all__ = [
     "USER_AGENT",
+    "Tunnel",
     "TunnelClientProtocol",
     "TunnelClientFactory",
-    "TunnelAttempt",
-    "refusalError",
+    "AttemptFactory",
 ]
 
-USER_AGENT = f"sprites-twisted/{__version__}"
-
-#: The most of a refused upgrade's body we read and keep.
-MAX_ERROR_BODY = 8 * 1024
-#: The most of an HTTP response header we accept before giving up.
-MAX_RESPONSE_HEADER = 16 * 1024
-
-_UPGRADING, _AWAITING, _RELAYING, _CLOSED = range(4)
+UPGRADING = "upgrading"
+AWAITING_REPLY = "awaitingReply"
+RELAYING = "relaying"
+CLOSED = "closed"
 
 
-def _decodeBody(headers: dict[str, str], body: bytes) -> bytes:
+class Tunnel:
     """
-    Undo chunked transfer encoding, as far as the body goes.
-    """
-    if "chunked" not in headers.get("transfer-encoding", "").lower():
-        return body
-    out = []
-    rest = body
-    while rest:
-        line, sep, rest = rest.partition(b"\r\n")
-        if not sep:
-            break
-        try:
-            size = int(line.split(b";")[0], 16)
-        except ValueError:
-            break
-        if size == 0:
-            break
-        out.append(rest[:size])
-        rest = rest[size + 2 :]
-    return b"".join(out)
+    One ``connect`` call: the handshake, then the stream.
 
-
-def _retryAfter(headers: dict[str, str], body: dict[str, Any]) -> float | None:
-    for value in (headers.get("retry-after"), body.get("retry_after_seconds")):
-        if value is None or isinstance(value, bool):
-            continue
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            continue
-        if seconds >= 0:
-            return seconds
-    return None
-
-
-def refusalError(status: int, headers: dict[str, str], body: bytes) -> UpgradeRefusedError:
-    """
-    The typed error for an upgrade refused with HTTP C{status}.
-
-    The body's JSON ``message``/``error`` fields are used when present;
-    otherwise the start of the body (truncated) is the message.
-    """
-    body = _decodeBody(headers, body)[:MAX_ERROR_BODY]
-    parsed: dict[str, Any] = {}
-    message: str | None = None
-    code: str | None = None
-    try:
-        value = json.loads(body.decode("utf-8"))
-        if isinstance(value, dict):
-            parsed = value
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        pass
-    if parsed:
-        m = parsed.get("message")
-        c = parsed.get("error")
-        message = m if isinstance(m, str) else None
-        code = c if isinstance(c, str) else None
-    elif body.strip():
-        message = body.decode("utf-8", "replace").strip()
-    if status in (401, 403):
-        return SpriteAuthError(status, message, code)
-    if status == 404:
-        return SpriteNotFoundError(status, message, code)
-    if status == 429:
-        return RateLimitedError(status, message, code, _retryAfter(headers, parsed))
-    if 500 <= status <= 599:
-        return SpriteServerError(status, message, code)
-    return UpgradeRefusedError(status, message, code)
-
-
-#: OpenSSL verify results meaning "this chain does not end at a CA we trust".
-_UNTRUSTED_CODES = frozenset({2, 18, 19, 20, 21})
-
-
-def _certificateNames(certificate: Any) -> str:
-    """
-    The DNS names and IP addresses a certificate is valid for, for messages.
-    """
-    from cryptography import x509
-
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return "no names"
-    names = [*san.value.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)]
-    return ", ".join(names[:5]) or "no names"
-
-
-def _chainProblem(transport: Any) -> str | None:
-    """
-    Why the peer's certificate chain fails verification, re-checked against
-    the trust store the connection used: OpenSSL itself only says
-    "certificate verify failed", which does not tell an expired certificate
-    from an untrusted CA.  C{None} when the chain is fine or unknown.
-    """
-    try:
-        from OpenSSL.crypto import X509StoreContext, X509StoreContextError
-
-        handle = transport.getHandle()
-        chain = handle.get_peer_cert_chain()
-        if not chain:
-            return None
-        store = handle.get_context().get_cert_store()
-        leaf = chain[0]
-        try:
-            X509StoreContext(store, leaf, chain[1:]).verify_certificate()
-        except X509StoreContextError as e:
-            errors = e.errors if isinstance(getattr(e, "errors", None), list) else []
-            code = errors[0] if errors else None
-            text = str(errors[2]) if len(errors) > 2 else str(e)
-            certificate = leaf.to_cryptography()
-            if code == 10:
-                when = certificate.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
-                return f"{text} (on {when})"
-            if code == 9:
-                when = certificate.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S UTC")
-                return f"{text} (valid from {when} on)"
-            if code in _UNTRUSTED_CODES:
-                return (
-                    f"{text}: issuer {certificate.issuer.rfc4514_string()!r} is not a "
-                    "trusted CA (for a private CA pass trustRoot= / --ca-file)"
-                )
-            return str(text)
-    except Exception:  # noqa: BLE001 - diagnosis only; the caller falls back
-        return None
-    return None
-
-
-def _peerSentCertificate(transport: Any) -> bool:
-    """
-    Did the TLS peer present a certificate before the handshake failed?
-    """
-    try:
-        return bool(transport.getHandle().get_peer_cert_chain())
-    except Exception:  # noqa: BLE001 - no TLS handle: assume it did
-        return True
-
-
-def _tlsReason(reason: Failure, transport: Any = None, host: str = "") -> str:
-    """
-    Why TLS verification of C{host} failed, in words a user can act on:
-    expired, not yet valid, untrusted issuer, or issued for other names.
-    """
-    problems = []
-    if transport is not None:
-        chainProblem = _chainProblem(transport)
-        if chainProblem:
-            problems.append(chainProblem)
-    from service_identity import CertificateError, VerificationError
-
-    if reason.check(VerificationError, CertificateError):
-        names = None
-        try:
-            # After a failed handshake only the chain is kept, not the peer.
-            chain = transport.getHandle().get_peer_cert_chain()
-            if chain:
-                names = _certificateNames(chain[0].to_cryptography())
-        except Exception:  # noqa: BLE001 - diagnosis only
-            names = None
-        text = f"the certificate is not valid for the host name {host}"
-        if names:
-            text += f" (it is for {names})"
-        problems.append(text)
-    if problems:
-        return "; ".join(problems)
-    value = reason.value
-    args = getattr(value, "args", ())
-    # pyOpenSSL: Error([(lib, func, reason), ...])
-    if args and isinstance(args[0], list):
-        texts = [str(entry[-1]) for entry in args[0] if isinstance(entry, tuple)]
-        if texts:
-            return "; ".join(texts)
-    return str(value) or type(value).__name__
-
-
-class TunnelAttempt:
-    """
-    One ``connect`` call's state: what to send, where the result goes.
-
-    The protocol calls L{ready} or L{failed} exactly once between them;
-    later calls are ignored, so a cancel or timeout racing with the
-    server's answer is harmless.
+    The endpoint's Deferred fires exactly once: with the application
+    protocol once the sprite answered ``connected``, or with the failure
+    (later events are ignored, so a cancel or timeout racing with the
+    server's answer is harmless).  After that the stream's end reaches the
+    application protocol as C{ConnectionDone} (close 1000/1001) or
+    C{ConnectionLost} (anything else, a keepalive timeout included).
     """
 
     def __init__(
@@ -267,7 +79,8 @@ class TunnelAttempt:
         peerAddress: SpriteAddress,
         clock: IReactorTime,
         apiHost: str,
-        closeTimeout: float = 1.0,
+        closeTimeout: float,
+        keepaliveInterval: float = 0.0,
     ) -> None:
         self.deferred = deferred
         self.protocolFactory = protocolFactory
@@ -276,262 +89,333 @@ class TunnelAttempt:
         self.clock = clock
         self.apiHost = apiHost
         self.closeTimeout = closeTimeout
-        self.protocol: TunnelClientProtocol | None = None
+        self.state = UPGRADING
+        #: Set when the Deferred has fired (or was cancelled).
         self.done = False
+        self.channel: TunnelClientProtocol | None = None
+        self.stream: WebSocketStreamTransport | None = None
+        self._failure: Failure | None = None
+        self._keepalive = Keepalive(clock, keepaliveInterval, self._ping, self._dead)
 
-    def ready(self, proto: TunnelClientProtocol) -> WebSocketStreamTransport | None:
+    # Events from the shim
+
+    def opened(self) -> None:
         """
-        The tunnel answered ``connected``: build the application protocol
-        on a stream transport and fire the Deferred with it.
+        The upgrade succeeded: send the init and wait for the reply.
         """
-        if self.done:
-            proto.dropConnection(abort=True)
-            return None
+        assert self.channel is not None
+        self.state = AWAITING_REPLY
+        self.channel.textLimit = MAX_REPLY_SIZE
+        self.channel.sendMessage(self.initMessage, isBinary=False)
+
+    def textReceived(self, payload: bytes) -> None:
+        """
+        A whole text message arrived while awaiting the reply.
+        """
+        if self.state != AWAITING_REPLY:
+            return
+        try:
+            parseReply(payload)
+        except HandshakeError as e:
+            self.fail(e)
+            return
+        self._relay()
+
+    def textTooLarge(self) -> None:
+        """
+        The reply grew over its limit.
+        """
+        self.fail(HandshakeError(None, f"reply larger than {MAX_REPLY_SIZE} bytes"))
+
+    def binaryData(self, data: bytes) -> None:
+        """
+        Binary data before the stream exists: a protocol violation.  (Once
+        relaying, the shim delivers to the application protocol directly.)
+        """
+        if self.state == AWAITING_REPLY:
+            self.fail(HandshakeError(None, "binary data arrived before the handshake reply"))
+
+    def refused(self, head: ResponseHead, body: bytes) -> None:
+        """
+        The upgrade was answered with a status other than 101.
+        """
+        assert head.status is not None
+        self.fail(refusalError(head.status, head.headers, body))
+
+    def closeFrame(self, code: int | None, reason: str | None) -> None:
+        """
+        A close frame arrived.
+        """
+        if self.stream is not None:
+            self.stream.closeStarted()
+        elif self.state == AWAITING_REPLY:
+            # No reply can come after a close: fail now rather than wait
+            # for the server to drop the connection.
+            self.fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
+
+    def pong(self) -> None:
+        self._keepalive.pong()
+
+    def tlsFailed(self, reason: Failure) -> None:
+        """
+        The connection ended because TLS failed.
+        """
+        if self._failure is None and self.channel is not None:
+            self._failure = tlsFailure(reason, self.channel.transport, self.apiHost)
+
+    def closed(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The WebSocket is gone.
+        """
+        state, self.state = self.state, CLOSED
+        self._keepalive.stop()
+        if state == RELAYING:
+            stream, self.stream = self.stream, None
+            if stream is not None:
+                stream.connectionLost(self._failure or closeFailure(wasClean, code, reason))
+            return
+        if state == CLOSED:
+            return
+        self._report(self._failure or self._failureFor(state, wasClean, code, reason))
+
+    # Decisions
+
+    def fail(self, error: Exception | Failure) -> None:
+        """
+        End the tunnel abnormally, for C{error}: its connection is dropped
+        and, once relaying, its stream ends as broken.
+        """
+        if self._failure is None:
+            self._failure = error if isinstance(error, Failure) else Failure(error)
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()
+
+    def abort(self) -> None:
+        """
+        Drop the connection (cancel and timeout of ``connect``).
+        """
         self.done = True
-        assert proto.transport is not None  # it just delivered the reply
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()
+
+    def _relay(self) -> None:
+        channel = self.channel
+        assert channel is not None and channel.transport is not None
+        if self.done:
+            self.fail(TunnelClosedError(None, "connect was cancelled"))
+            return
+        self.done = True
+        self.state = RELAYING
+        channel.textLimit = 0
         stream = WebSocketStreamTransport(
-            proto,
-            proto.transport.getHost(),
-            self.peerAddress,
-            self.clock,
-            self.closeTimeout,
+            channel, channel.transport.getHost(), self.peerAddress, self.clock, self.closeTimeout
         )
         app = self.protocolFactory.buildProtocol(self.peerAddress)
         if app is None:
-            from twisted.internet.error import NoProtocol
-
-            proto.dropConnection(abort=True)
+            self.state = CLOSED
+            channel.transport.abortConnection()
             self.deferred.errback(NoProtocol())
-            return None
+            return
+        self.stream = stream
+        # From here on binary payload goes straight to the protocol.
+        channel.binaryData = app.dataReceived  # type: ignore[method-assign]
         stream.attach(app)
+        self._keepalive.start()
         self.deferred.callback(app)
-        return stream
 
-    def failed(self, failure: Failure) -> None:
-        """
-        The tunnel could not be opened.
-        """
+    def _report(self, failure: Failure) -> None:
         if self.done:
             return
         self.done = True
         self.deferred.errback(failure)
 
-    def abort(self) -> None:
-        """
-        Drop the connection (used by cancel and timeout).
-        """
-        self.done = True
-        proto = self.protocol
-        if proto is not None and proto.transport is not None:
-            proto.dropConnection(abort=True)
-
-
-class TunnelClientProtocol(StreamingWebSocketMixin, WebSocketClientProtocol):  # type: ignore[misc]
-    """
-    One tunnel's WebSocket: upgrade, send the init, wait for
-    ``connected``, then relay binary data both ways.
-    """
-
-    log = quietAutobahnLogger()
-    maxTextSize = MAX_REPLY_SIZE
-    attempt: TunnelAttempt
-    _state = _UPGRADING
-    _stream: WebSocketStreamTransport | None = None
-    _failure: Failure | None = None
-    _refusal: tuple[int, dict[str, str], int] | None = None
-    _lostReason: Failure | None = None
-
-    # Upgrade
-
-    def processHandshake(self) -> None:
-        """
-        Let Autobahn handle a 101; read any other answer ourselves so that
-        the status, ``Retry-After`` and the body reach the error.
-        """
-        data = self.data
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(data) > MAX_RESPONSE_HEADER:
-                self._fail(TunnelClosedError(None, "HTTP response header too large"))
-            return
-        if self._refusal is None:
-            statusLine = data[: data.find(b"\r\n")]
-            parts = statusLine.split(None, 2)
-            try:
-                status = int(parts[1])
-            except (IndexError, ValueError):
-                return super().processHandshake()  # type: ignore[no-any-return]
-            if status == 101:
-                return super().processHandshake()  # type: ignore[no-any-return]
-            _, headers, _ = parseHttpHeader(data[: end + 4])
-            self._refusal = (status, headers, end + 4)
-        status, headers, bodyStart = self._refusal
-        body = data[bodyStart:]
-        wanted: int | None = None
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            complete = body.endswith(b"0\r\n\r\n")
-        else:
-            try:
-                wanted = int(headers.get("content-length", ""))
-            except ValueError:
-                wanted = None
-            complete = wanted is not None and len(body) >= wanted
-        if complete or len(body) >= MAX_ERROR_BODY:
-            self._finishRefusal()
-
-    def _finishRefusal(self) -> None:
-        if self._refusal is None or self._failure is not None:
-            return
-        status, headers, bodyStart = self._refusal
-        self._fail(refusalError(status, headers, self.data[bodyStart:]))
-
-    def startHandshake(self) -> Any:
-        """
-        Send the HTTP upgrade request, as Autobahn does, minus the debug
-        line it formats (C{pformat} of the transport details) even when
-        debug logging is off: a tenth of a tunnel's setup CPU.  Falls back
-        to Autobahn's own when its internals differ.
-        """
-        send = getattr(self, "_actuallyStartHandshake", None)
-        if send is None or type(self).onConnecting is not WebSocketClientProtocol.onConnecting:
-            return super().startHandshake()
-        f = self.factory
-        send(
-            ConnectingRequest(
-                host=f.host,
-                port=f.port,
-                resource=f.resource,
-                headers=f.headers,
-                useragent=f.useragent,
-                origin=f.origin,
-                protocols=f.protocols,
-            )
-        )
-        return None
-
-    def onOpen(self) -> None:
-        self._state = _AWAITING
-        sendMessage(self, self.attempt.initMessage, isBinary=False)
-
-    # Handshake reply and relay
-
-    def textReceived(self, payload: bytes) -> None:
-        if self._state != _AWAITING:
-            # Text after the handshake is not payload (PROTOCOL.md).
-            return
-        try:
-            parseReply(payload)
-        except HandshakeError as e:
-            self._fail(e)
-            return
-        self._state = _RELAYING
-        self._stream = self.attempt.ready(self)
-
-    def binaryReceived(self, data: bytes) -> None:
-        if self._state == _RELAYING:
-            stream = self._stream
-            if stream is not None:
-                stream.deliver(data)
-        elif self._state == _AWAITING:
-            self._fail(HandshakeError(None, "binary data arrived before the handshake reply"))
-
-    def _fail(self, error: Exception) -> None:
-        """
-        Record why the tunnel failed and drop the connection; L{onClose}
-        reports it.
-        """
-        if self._failure is None:
-            self._failure = Failure(error)
-            # What Autobahn's own "dropping connection" warning shows.
-            self.wasNotCleanReason = str(error)
-        self.dropConnection(abort=True)
-
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
-        result = super().onCloseFrame(code, reasonRaw)
-        if self._stream is not None:
-            self._stream.closeStarted()
-        elif self._state == _AWAITING:
-            # No reply can come after a close: fail now rather than wait
-            # for the server to drop the connection.
-            reason = reasonRaw.decode("utf-8", "replace") if reasonRaw else None
-            self._fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
-        return result
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lostReason = reason
-        if self._refusal is not None and self._failure is None:
-            # The server closed after a refusal: use what body we got.
-            self._finishRefusal()
-        if isTLSFailure(reason):
-            # Reported as a TLSVerificationError (and warned about by the
-            # listener); Autobahn would also log a cryptic error-level line.
-            reason = Failure(ConnectionLost("TLS verification failed"))
-        super().connectionLost(reason)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        state, self._state = self._state, _CLOSED
-        if state == _RELAYING:
-            stream, self._stream = self._stream, None
-            if stream is None:
-                return
-            stream.deliverConnectionLost(closeFailure(wasClean, code, reason))
-            return
-        self.attempt.failed(self._failureFor(state, wasClean, code, reason))
-
     def _failureFor(
-        self, state: int, wasClean: bool, code: int | None, reason: str | None
+        self, state: str, wasClean: bool, code: int | None, reason: str | None
     ) -> Failure:
-        if self._failure is not None:
-            return self._failure
-        lost = self._lostReason
-        if isTLSFailure(lost):
-            assert lost is not None
-            host = self.attempt.apiHost
-            reason = _tlsReason(lost, self.transport, host)
-            if not _peerSentCertificate(self.transport):
-                # No certificate at all: not a verification failure but a
-                # peer that does not speak TLS (or broke the handshake).
-                return Failure(TLSHandshakeError(host, reason))
-            return Failure(TLSVerificationError(host, reason))
-        if state == _UPGRADING:
-            why = getattr(self, "wasNotCleanReason", None) or (
-                lost.getErrorMessage() if lost is not None else None
-            )
+        if state == UPGRADING:
             return Failure(
-                TunnelClosedError(None, f"during the WebSocket upgrade: {why}" if why else None)
+                TunnelClosedError(
+                    None, f"during the WebSocket upgrade: {reason}" if reason else None
+                )
             )
         if wasClean:
             return Failure(TunnelClosedError(code, reason or "closed before the handshake reply"))
-        if getattr(self, "failedByMe", False) and self.wasNotCleanReason:
-            # Autobahn failed the connection itself (a reply over the size
-            # limit, a protocol violation): say what the server did wrong.
-            why = str(self.wasNotCleanReason).removeprefix(
-                "I dropped the WebSocket TCP connection: "
-            )
-            return Failure(HandshakeError(None, why))
         return Failure(TunnelClosedError(code, "connection dropped before the handshake reply"))
 
+    def _ping(self) -> None:
+        if self.channel is not None and self.channel.isOpen():
+            self.channel.sendPing()
 
-class TunnelClientFactory(SharedOptionsFactoryMixin, WebSocketClientFactory):  # type: ignore[misc]
+    def _dead(self, why: str) -> None:
+        self.fail(ConnectionLost(f"tunnel to {self.peerAddress} is dead: {why}"))
+
+
+class _TunnelClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
+    """
+    The Autobahn shim of a L{Tunnel}: forwards public callbacks, carries
+    out sends.  Text messages are collected only up to C{textLimit} bytes
+    (0: ignored whatever their size, nothing kept).
+    """
+
+    log = quietAutobahnLogger()
+    tunnel: Tunnel
+    textLimit = 0
+    maxBinaryFrame = 0
+    _isBinary = False
+    _textParts: list[bytes] | None = None
+    _textSize = 0
+    # The HTTP response while upgrading (None once upgraded).
+    _response: bytes | None = b""
+    _head: ResponseHead | None = None
+
+    # IChannel, for the stream adapter
+
+    def isOpen(self) -> bool:
+        return bool(self.state == self.STATE_OPEN)
+
+    def sendBinary(self, data: bytes | memoryview) -> None:
+        # Replaced per connection by the fast (or public) sender on open.
+        self.sendMessage(bytes(data), isBinary=True)
+
+    def sendCloseCode(self, code: int, reason: str | None) -> None:
+        sendCloseCode(self, code, reason)
+
+    def getTCPTransport(self) -> Any:
+        return self.transport
+
+    # Receiving
+
+    def connectionMade(self) -> None:
+        setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
+        if setKeepAlive is not None:
+            setKeepAlive(True)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._response is None:
+            self.webSocketDataReceived(data)
+            return
+        response = self._response + data
+        if self._head is None:
+            try:
+                head = parseResponseHead(response)
+            except ValueError as e:
+                self._response = None
+                self.tunnel.fail(TunnelClosedError(None, str(e)))
+                return
+            if head is None:
+                self._response = response
+                return
+            if head.status == 101 or head.status is None:
+                # Autobahn validates the upgrade (or fails it, with text).
+                self._response = None
+                self.webSocketDataReceived(response)
+                return
+            self._head = head
+        self._response = response
+        self._maybeRefused(final=False)
+
+    def _maybeRefused(self, final: bool) -> None:
+        head, response = self._head, self._response
+        if head is None or response is None:
+            return
+        body = response[head.size :]
+        if final or head.bodyComplete(body):
+            self._response = None
+            self.tunnel.refused(head, body)
+
+    def webSocketDataReceived(self, data: bytes) -> None:
+        """
+        Bytes for Autobahn's WebSocket parser (the fast path overrides it).
+        """
+        WebSocketClientProtocol.dataReceived(self, data)
+
+    def onOpen(self) -> None:
+        self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
+        self.tunnel.opened()
+
+    def binaryData(self, payload: bytes) -> None:
+        """
+        Binary payload (any part of a binary message); bound to the
+        application protocol's C{dataReceived} once relaying.
+        """
+        self.tunnel.binaryData(payload)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._isBinary = isBinary
+        self._textParts = None if isBinary or not self.textLimit else []
+        self._textSize = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        pass
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self._isBinary:
+            self.binaryData(payload)
+            return
+        parts = self._textParts
+        if parts is None:
+            return
+        self._textSize += len(payload)
+        if self._textSize > self.textLimit:
+            self._textParts = None
+            self.tunnel.textTooLarge()
+            return
+        parts.append(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        parts, self._textParts = self._textParts, None
+        if parts is not None:
+            self.tunnel.textReceived(b"".join(parts))
+
+    def onPong(self, payload: bytes) -> None:
+        self.tunnel.pong()
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
+        result = super().onCloseFrame(code, reasonRaw)
+        reason = reasonRaw.decode("utf-8", "replace") if reasonRaw else None
+        self.tunnel.closeFrame(code, reason)
+        return result
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._response is not None:
+            # The server closed after a refusal: use what body we got.
+            self._maybeRefused(final=True)
+            self._response = None
+        if isTLSFailure(reason):
+            self.tunnel.tlsFailed(reason)
+            # Reported as a TLS error; Autobahn would log a cryptic line.
+            reason = Failure(ConnectionLost("TLS failed"))
+        super().connectionLost(reason)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.tunnel.closed(wasClean, code, reason)
+
+
+#: The shim Autobahn runs (with the fast path mixed in when it is on).
+TunnelClientProtocol: Any = _fastpath.fastProtocol(_TunnelClientProtocol)
+
+
+class _TunnelClientFactory(WebSocketClientFactory):  # type: ignore[misc]
     """
     The Autobahn client factory for one sprite proxy URL, shared by all
     tunnels of an endpoint.
 
-    All of Autobahn's timers are switched off: they run on the global
-    reactor, not the one we are given.  The handshake timeout is the
-    endpoint's own (C{Deferred.addTimeout} on our reactor); close timeouts
-    are L{WebSocketStreamTransport}'s.
+    All of Autobahn's timers are off (they run on the global reactor); the
+    handshake timeout is the endpoint's (on our reactor), close timeouts the
+    stream adapter's, pings the L{Tunnel}'s.  Autobahn's own size limits are
+    off too: binary data is streamed, text after the handshake ignored, and
+    the reply's limit is ours.
     """
 
     protocol = TunnelClientProtocol
 
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        reactor: Any,
-        maxFramePayloadSize: int = 0,
-    ) -> None:
+    def __init__(self, url: str, token: str, reactor: Any) -> None:
         super().__init__(
             url,
             headers={"Authorization": f"Bearer {token}"},
@@ -543,7 +427,8 @@ class TunnelClientFactory(SharedOptionsFactoryMixin, WebSocketClientFactory):  #
             closeHandshakeTimeout=0,
             serverConnectionDropTimeout=0,
             autoPingInterval=0,
-            maxFramePayloadSize=maxFramePayloadSize,
+            maxFramePayloadSize=0,
+            maxMessagePayloadSize=0,
             perMessageCompressionOffers=[],
             tcpNoDelay=True,
         )
@@ -552,20 +437,23 @@ class TunnelClientFactory(SharedOptionsFactoryMixin, WebSocketClientFactory):  #
         return f"<TunnelClientFactory {self.url}>"
 
 
+TunnelClientFactory: Any = _fastpath.fastFactory(_TunnelClientFactory)
+
+
 class AttemptFactory(Factory):
     """
     Builds the protocol for one ``connect`` call: a protocol from the
-    shared L{TunnelClientFactory}, bound to its L{TunnelAttempt}.
+    shared L{TunnelClientFactory}, bound to its L{Tunnel}.
     """
 
     noisy = False
 
-    def __init__(self, wsFactory: TunnelClientFactory, attempt: TunnelAttempt) -> None:
+    def __init__(self, wsFactory: Any, tunnel: Tunnel) -> None:
         self.wsFactory = wsFactory
-        self.attempt = attempt
+        self.tunnel = tunnel
 
-    def buildProtocol(self, addr: Any) -> TunnelClientProtocol:
-        proto: TunnelClientProtocol = self.wsFactory.buildProtocol(addr)
-        proto.attempt = self.attempt
-        self.attempt.protocol = proto
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = self.wsFactory.buildProtocol(addr)
+        proto.tunnel = self.tunnel
+        self.tunnel.channel = proto
         return proto

@@ -141,7 +141,7 @@ class CommandsTests(TestCase):
             ],
             env,
         )
-        await local.whenOutput(f"ProxyServerFactory starting on {apiPort}")
+        await local.whenOutput(f"APISite starting on {apiPort}")
         await proxy.whenOutput(f"forwarding 127.0.0.1:{localPort} ")
         await proxy.whenOutput(f"forwarding 127.0.0.1:{deadLocal} ")
 

@@ -127,15 +127,22 @@ class HostileClientTests(SynchronousTestCase):
         self.assertNotIn("connected", [r["status"] for r in replies])
         self.assertTrue(client.lost)
 
-    def assertDropped(self, client: RawWebSocket, replies: int = 0) -> None:
+    def assertDropped(
+        self, client: RawWebSocket, replies: int = 0, code: int | None = None
+    ) -> None:
         """
-        Check that the server dropped C{client}'s connection (Autobahn's
-        C{failByDrop}: no close frame, or a 1007/1009 one) without answering
-        anything more.
+        Check that the server closed C{client}'s connection (with close
+        C{code} when given, else none or a 1002/1007/1009 one) without
+        answering anything more, within its close timeout.
         """
         self.sprite.flush()
+        self.sprite.reactor.advance(self.sprite.server.closeTimeout)
+        self.sprite.flush()
         self.assertTrue(client.lost)
-        self.assertIn(client.closeCode(), (None, 1007, 1009))
+        if code is not None:
+            self.assertEqual(client.closeCode(), code)
+        else:
+            self.assertIn(client.closeCode(), (None, 1002, 1007, 1009))
         self.assertEqual(len(client.replies()), replies)
         self.assertEqual(self.sprite.server.tunnels, set())
 
@@ -194,7 +201,6 @@ class HostileClientTests(SynchronousTestCase):
             b"Bearer wrong-token-value",
             b"Bearer " + TEST_TOKEN.encode() + b"x",
             b"Bearer " + TEST_TOKEN[:-1].encode(),
-            b"Bearer " + TEST_TOKEN.encode() + b"\x00",
             b"bearer  " + b"A" * 10000,
         ):
             headers = dict(UPGRADE)
@@ -206,6 +212,21 @@ class HostileClientTests(SynchronousTestCase):
             if header:
                 self.assertNotIn(header, body)
             self.assertEqual(json.loads(body)["error"], "unauthorized")
+        self.assertStillServing()
+
+    def test_malformedHeader(self) -> None:
+        """
+        A header value holding a NUL byte is a malformed request: 400 with
+        a message naming the header (not the request line), and the
+        response does not echo the value.
+        """
+        headers = {**UPGRADE, b"Authorization": b"Bearer " + TEST_TOKEN.encode() + b"\x00"}
+        status, _, body = request(self.sprite, b"/v1/sprites/demo/proxy", headers)
+        self.assertEqual(status, 400)
+        reply = json.loads(body)
+        self.assertEqual(reply["error"], "bad_request")
+        self.assertIn("malformed header 'Authorization'", reply["message"])
+        self.assertNotIn(TEST_TOKEN.encode()[:8], body)
         self.assertStillServing()
 
     def test_initNotJSON(self) -> None:
@@ -272,7 +293,8 @@ class HostileClientTests(SynchronousTestCase):
         """
         init = json.dumps({"host": "localhost", "port": 5432, "pad": "x" * MAX_INIT_SIZE})
         client = self.sendInit(init.encode(), raw=True)
-        self.assertDropped(client)
+        self.refusedWith(client, f"init message larger than {MAX_INIT_SIZE} bytes")
+        self.assertEqual(self.sprite.server.tunnels, set())
         self.assertStillServing()
 
     def test_noInit(self) -> None:
@@ -327,5 +349,5 @@ class HostileClientTests(SynchronousTestCase):
             self.assertEqual(client.replies()[0]["status"], "connected")
             client.send(0x2, payload, length)
             self.sprite.flush()
-            self.assertDropped(client, replies=1)
+            self.assertDropped(client, replies=1, code=1009)
         self.assertStillServing()

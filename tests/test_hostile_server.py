@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import LogLevel
 from twisted.trial.unittest import TestCase
 
@@ -163,6 +164,11 @@ class HostileServerMixin:
             await afterConnect()
         await bad.closed
         self.assertEqual(bytes(bad.received), expectReceived)
+        # A tunnel that failed or broke resets the local connection (the
+        # program sees an error); only a clean end is a FIN.
+        assert bad.reason is not None
+        expected = ConnectionDone if warning is None else ConnectionLost
+        self.assertIs(type(bad.reason.value), expected, bad.reason)
         await session.factory.whenIdle()
         warnings = logs.atLevel(LogLevel.warn)
         if warning is None:
@@ -247,7 +253,7 @@ class HandshakeTests(HostileServerMixin, TestCase):
         await self.survive(
             accept,
             onInit(lambda s: s.transport.write(wsfake.text(b" " * (MAX_REPLY_SIZE + 1)))),
-            warning="tunnel handshake failed: received a text message over the limit of 65536",
+            warning="tunnel handshake failed: reply larger than 65536 bytes",
         )
 
     async def test_binaryBeforeReply(self) -> None:
@@ -369,14 +375,32 @@ class RelayTests(HostileServerMixin, TestCase):
             expectReceived=b"ping",
         )
 
-    async def test_oversizedTextFrame(self) -> None:
+    async def test_hugeTextDuringRelayIgnored(self) -> None:
         """
-        A text frame over the limit during the relay closes the tunnel.
+        Text messages of any size during the relay (one 1 MiB frame, and a
+        message fragmented into many frames) are ignored: the binary data
+        around them arrives and the stream ends cleanly.
         """
+        big = wsfake.text(b"x" * (1024 * 1024))
+        fragmented = (
+            wsfake.frame(0x1, b"y" * 70000, fin=False)
+            + wsfake.frame(0x0, b"y" * 70000, fin=False)
+            + wsfake.frame(0x0, b"y" * 70000, fin=True)
+        )
         await self.survive(
             accept,
-            afterConnected(writeAndClose(wsfake.text(b"x" * (MAX_REPLY_SIZE + 1)))),
-            warning="WebSocket TCP connection: received a text message over the limit of 65536",
+            afterConnected(
+                writeAndClose(
+                    wsfake.binary(b"be")
+                    + big
+                    + wsfake.binary(b"fo")
+                    + fragmented
+                    + wsfake.binary(b"re")
+                    + wsfake.close(1000)
+                )
+            ),
+            warning=None,
+            expectReceived=b"before",
         )
 
     async def test_impossibleFrameLength(self) -> None:

@@ -293,14 +293,14 @@ class FlowControlTests(TestCase):
         Fire C{client}/C{server} when a WebSocket stream transport on that
         side is paused (its consumer's buffer is full).
         """
-        from sprites_twisted.relay import WebSocketStreamTransport
         from sprites_twisted.tunnel import TunnelClientProtocol
+        from sprites_twisted.wsstream import WebSocketStreamTransport
 
         fired = {"client": Deferred(), "server": Deferred()}
         original = WebSocketStreamTransport.pauseProducing
 
         def pauseProducing(stream: WebSocketStreamTransport) -> None:
-            side = "client" if isinstance(stream._ws, TunnelClientProtocol) else "server"
+            side = "client" if isinstance(stream.channel, TunnelClientProtocol) else "server"
             if not fired[side].called:
                 fired[side].callback(None)
             original(stream)
@@ -569,7 +569,8 @@ class SessionLifecycleTests(TestCase):
         await session.close()
         await session.close()
         self.assertEqual(session.factory.connections, set())
-        self.assertFalse(tunnel._ws.transport.connected)
+        self.assertIsNone(tunnel.protocol)  # the stream transport let go
+        self.assertFalse(tunnel.channel.getTCPTransport().connected)
         await local.lost
         self.assertTrue(all(s.localAddr() is None for s in manager.sessions))
         await manager.waitAll()

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_listener -*-
 """
 Tests for L{sprites_twisted.listener}: the local side of a forwarded port,
 driven with C{StringTransport} and a hand-fired endpoint.
@@ -9,7 +10,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
@@ -129,7 +130,12 @@ class ListenerTests(SynchronousTestCase):
         proto1, local1 = self.accept()
         proto2, local2 = self.accept()
         self.endpoint.fail(SpriteAuthError(401, "bad token"))
-        self.assertTrue(local1.disconnecting)
+        # A refusal is an error for the local program: once what was
+        # written is flushed, the connection is reset, not closed.
+        self.assertFalse(local1.disconnecting)
+        local1.producer.resumeProducing()  # Twisted's buffer is empty
+        self.assertTrue(local1.disconnected)  # aborted: an RST
+        self.assertEqual(proto1.state, "closing")
         self.assertFalse(local2.disconnecting)
         warnings = [e for e in self.events if e.get("log_level").name == "warn"]
         self.assertEqual(len(warnings), 1)
@@ -153,10 +159,96 @@ class ListenerTests(SynchronousTestCase):
         A tunnel that completes after the local side left is closed.
         """
         proto, local = self.accept()
-        proto._lost = True  # the local side left while connecting
+        # The local side left cleanly while connecting (the race where the
+        # tunnel's answer was already on its way).
+        proto._localGone, proto._localEnd = True, Failure(ConnectionDone())
         proto._connecting = None
         tunnel, remote = self.endpoint.succeed()
         self.assertTrue(remote.disconnecting)
+        self.assertFalse(remote.disconnected)
+        self.assertEqual(proto.state, "closing")
+
+    def test_tunnelArrivingAfterLocalResetIsReset(self) -> None:
+        """
+        A tunnel that completes after the local side was reset is reset too.
+        """
+        proto, local = self.accept()
+        proto._localGone, proto._localEnd = True, Failure(ConnectionLost())
+        proto._connecting = None
+        tunnel, remote = self.endpoint.succeed()
+        remote.producer.resumeProducing()
+        self.assertTrue(remote.disconnected)
+
+    def test_localResetResetsTunnel(self) -> None:
+        """
+        A local connection that is reset ends its tunnel as broken: what it
+        sent is delivered, then the tunnel is reset (not closed).
+        """
+        proto, local = self.accept()
+        tunnel, remote = self.endpoint.succeed()
+        proto.dataReceived(b"last")
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(remote.value(), b"last")
+        self.assertFalse(remote.disconnecting)
+        remote.producer.resumeProducing()
+        self.assertTrue(remote.disconnected)
+
+    def test_brokenTunnelResetsLocal(self) -> None:
+        """
+        A tunnel that breaks delivers what arrived, then resets the local
+        connection, and the end is logged once as a warning with the
+        byte counts.
+        """
+        proto, local = self.accept()
+        tunnel, remote = self.endpoint.succeed()
+        tunnel.dataReceived(b"partial")
+        tunnel.connectionLost(Failure(ConnectionLost("tunnel closed (code 1011)")))
+        self.assertEqual(local.value(), b"partial")
+        self.assertFalse(local.disconnecting)
+        local.producer.resumeProducing()
+        self.assertTrue(local.disconnected)
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(proto.state, "done")
+        warnings = [e for e in self.events if e.get("log_level").name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("broke", warnings[0]["log_format"])
+        self.assertIn("code 1011", warnings[0]["error"])
+        self.assertEqual(warnings[0]["received"], 7)
+
+    def test_states(self) -> None:
+        """
+        A connection goes connecting -> relaying -> lingering -> closing ->
+        done.
+        """
+        proto, local = self.accept()
+        self.assertEqual(proto.state, "connecting")
+        tunnel, remote = self.endpoint.succeed()
+        self.assertEqual(proto.state, "relaying")
+        proto.readConnectionLost()
+        self.assertEqual(proto.state, "lingering")
+        tunnel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.state, "closing")
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proto.state, "done")
+
+    def test_lingerLoggedAtDebugOnly(self) -> None:
+        """
+        The linger after a half-close is logged at debug level, and the
+        connection's logged duration does not include it.
+        """
+        proto, local = self.accept()
+        tunnel, remote = self.endpoint.succeed()
+        self.clock.advance(0.25)
+        proto.readConnectionLost()
+        self.clock.advance(2.0)
+        proto.connectionLost(Failure(ConnectionDone()))
+        tunnel.connectionLost(Failure(ConnectionDone()))
+        lingering = [e for e in self.events if "waiting up to" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"].name for e in lingering], ["debug"])
+        ended = [e for e in self.events if "ended" in e.get("log_format", "")]
+        self.assertEqual(len(ended), 1)
+        self.assertEqual(ended[0]["log_level"].name, "info")
+        self.assertAlmostEqual(ended[0]["duration"], 0.25)
 
     def test_localCloseClosesTunnel(self) -> None:
         """
@@ -231,8 +323,8 @@ class ListenerTests(SynchronousTestCase):
         proto, local = self.accept()
         tunnel, remote = self.endpoint.succeed()
         self.factory.abortAll()
-        self.assertTrue(local.disconnecting)
-        self.assertTrue(remote.disconnecting)
+        self.assertTrue(local.disconnected)
+        self.assertTrue(remote.disconnected)
 
     def test_whenIdle(self) -> None:
         """

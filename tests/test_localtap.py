@@ -15,7 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted.localtap import DEFAULT_LISTEN, Options, _makeService
-from sprites_twisted.server import ProxyServerFactory
+from sprites_twisted.server import APISite
 
 TOKEN = "local-test-token-abcdef"
 
@@ -135,8 +135,8 @@ class MakeServiceTests(SynchronousTestCase):
 
     def server(self) -> Any:
         factory = self.reactor.tcpServers[0][1]
-        self.assertIsInstance(factory, ProxyServerFactory)
-        return factory.server
+        self.assertIsInstance(factory, APISite)
+        return factory.api
 
     def warnings(self) -> list[str]:
         return [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.warn]

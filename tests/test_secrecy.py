@@ -24,7 +24,8 @@ from sprites_twisted.errors import (
     SpriteNotFoundError,
     TLSVerificationError,
 )
-from sprites_twisted.server import LocalSpriteServer, ProxyServerProtocol
+from sprites_twisted.server import LocalSpriteServer
+from sprites_twisted.servertunnel import ProxyServerProtocol
 from sprites_twisted.tunnel import TunnelClientProtocol
 from tests.helpers import LogCapture, connectLocal, echoFactory, listen
 from tests.pki import sharedPKI

@@ -1,22 +1,27 @@
+# -*- test-case-name: tests.test_fastpath -*-
 """
-Tests for L{sprites_twisted._framing} and the relay's own frame paths
-(L{sprites_twisted.relay}): frames are standard RFC 6455, and received
-frames are delivered byte-exact however the stream is split.
+Tests for L{sprites_twisted._fastpath}: its frames are standard RFC 6455,
+received frames are delivered byte-exact however the stream is split (with
+the fast path on, and through Autobahn's public path when it is off: the
+suite runs both ways), and its one switch turns it off.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
+import subprocess
+import sys
 
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sprites_twisted import _framing
-from sprites_twisted._framing import TEXT_FIN, dataFrame, frameHeader, unmask
+from sprites_twisted import _fastpath
+from sprites_twisted._fastpath import TEXT_FIN, dataFrame, frameHeader, unmask
 from sprites_twisted.endpoint import SpriteProxyEndpoint
 from sprites_twisted.testing import (
     TEST_API_URL,
@@ -82,9 +87,9 @@ class FrameTests(SynchronousTestCase):
         fallback both mask as RFC 6455 says, at any start offset.
         """
         rng = random.Random(6455)
-        maskers = [_framing._xorIntegers]
-        if _framing.NATIVE_MASKING:
-            maskers.append(_framing._xorNative)
+        maskers = [_fastpath._xorIntegers]
+        if _fastpath.NATIVE_MASKING:
+            maskers.append(_fastpath._xorNative)
         for size in (*range(0, 40), 127, 128, 129, 4096, 65_537):
             payload = rng.randbytes(size)
             mask = rng.randbytes(4)
@@ -191,7 +196,7 @@ class ClientReceiveTests(SynchronousTestCase):
         self.network.flush()
         self.assertEqual(proto.received, b"")
         self.assertProtocolError(server)
-        self.assertIn("masked server-to-client", proto.transport._ws.wasNotCleanReason)
+        self.assertIn("masked server-to-client", proto.transport.channel.wasNotCleanReason)
 
     def test_nonMinimalLengthFails(self) -> None:
         """
@@ -203,7 +208,7 @@ class ClientReceiveTests(SynchronousTestCase):
         self.network.flush()
         self.assertEqual(proto.received, b"")
         self.assertProtocolError(server)
-        self.assertIn("minimal length", proto.transport._ws.wasNotCleanReason)
+        self.assertIn("minimal length", proto.transport.channel.wasNotCleanReason)
 
     def assertProtocolError(self, server: wsfake.ScriptedServer) -> None:
         # Autobahn fails a connection by dropping it (failByDrop).
@@ -254,3 +259,65 @@ class ServerReceiveTests(SynchronousTestCase):
                 client.transport.write(piece)
                 sprite.flush()
             self.assertEqual(Sink.received, b"".join(payloads), largest)
+
+
+class SwitchTests(SynchronousTestCase):
+    """
+    The fast path has one switch, and is off (both ways) where Autobahn
+    lacks what it uses.
+    """
+
+    def enabledWith(self, value: str | None) -> str:
+        env = dict(os.environ)
+        env.pop("SPRITES_TWISTED_FASTPATH", None)
+        if value is not None:
+            env["SPRITES_TWISTED_FASTPATH"] = value
+        # The copy under test, not whatever is installed.
+        env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(_fastpath.__file__)))
+        code = (
+            "from sprites_twisted import _fastpath; print(_fastpath.ENABLED, _fastpath.SUPPORTED)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    def test_environmentSwitch(self) -> None:
+        """
+        C{SPRITES_TWISTED_FASTPATH=0} (or off/no/false) turns it off; it is
+        on by default with the Autobahn we test against.
+        """
+        self.assertEqual(self.enabledWith(None), "True True")
+        for value in ("0", "off", "NO", "false"):
+            self.assertEqual(self.enabledWith(value), "False True", value)
+
+    def test_offMeansPlainClasses(self) -> None:
+        """
+        With the fast path off, the shims and factories are used unchanged
+        and binary data goes through Autobahn's public C{sendMessage}.
+        """
+        self.patch(_fastpath, "ENABLED", False)
+
+        class Shim:
+            pass
+
+        self.assertIs(_fastpath.fastProtocol(Shim), Shim)
+        self.assertIs(_fastpath.fastFactory(Shim), Shim)
+        sent: list[tuple[bytes, bool]] = []
+
+        class FakeWS:
+            def sendMessage(self, payload: bytes, isBinary: bool) -> None:
+                sent.append((payload, isBinary))
+
+        _fastpath.binarySender(FakeWS())(memoryview(b"data"))
+        self.assertEqual(sent, [(b"data", True)])
+
+    def test_unsupportedAutobahn(self) -> None:
+        """
+        An Autobahn without one of the internals used makes SUPPORTED false.
+        """
+        from autobahn.websocket.protocol import WebSocketProtocol
+
+        self.assertTrue(_fastpath._supported())
+        self.patch(_fastpath, "_NEEDED", ((WebSocketProtocol, "_noSuchInternal"),))
+        self.assertFalse(_fastpath._supported())
