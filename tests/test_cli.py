@@ -264,13 +264,14 @@ class CommandTests(TestCase):
         """
         One command forwards a Unix socket (mode 0600, removed on stop)
         and a 4-part BIND:LOCAL:HOST:REMOTE mapping on 127.0.0.2; bytes
-        go both ways; SIGTERM stops listening, drains, exits 0.
+        go both ways, after the check passed against the local sprite
+        server; SIGTERM stops listening, drains, exits 0.
         """
         echo = await self.echoPort()
         api = await self.localServer()
         sock = os.path.abspath(self.mktemp())
         bound = freePort()
-        args = ["-s", "demo", "--no-check", f"127.0.0.2:{bound}:localhost:{echo}"]
+        args = ["-s", "demo", f"127.0.0.2:{bound}:localhost:{echo}"]
         args += ["--listen", f"unix:{sock}", "--to", str(echo)]
         child = self.start(args, childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=api))
         await child.whenOutput(f"forwarding unix:{sock} -> demo localhost:{echo}")

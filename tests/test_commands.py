@@ -131,9 +131,6 @@ class CommandsTests(TestCase):
                 "sprites-proxy",
                 "-s",
                 "demo",
-                # The check has its own tests (test_cli); this local
-                # server may not answer it yet.
-                "--no-check",
                 "--drain-timeout",
                 "1",
                 f"{localPort}:{echoPort}",
