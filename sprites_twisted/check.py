@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
@@ -80,7 +80,7 @@ class _Body(Protocol):
         if len(self.data) < MAX_BODY:
             self.data += data[: MAX_BODY - len(self.data)]
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.done.callback(self.data)
 
 

@@ -116,9 +116,7 @@ class Options(tap.Options):
 
     def postOptions(self) -> None:
         if self["log-format"] not in ("text", "json"):
-            raise usage.UsageError(
-                f"--log-format {self['log-format']!r}: expected text or json"
-            )
+            raise usage.UsageError(f"--log-format {self['log-format']!r}: expected text or json")
         if self["stdio"] is not None:
             self.stdioTarget = _parseStdioTarget(self["stdio"])
         super().postOptions()
@@ -176,7 +174,7 @@ def startLogging(options: Options, stream: IO[str]) -> ILogObserver:
         ours = str(event.get("log_namespace", "")).startswith("sprites_twisted")
         return PredicateResult.maybe if ours and level >= LogLevel.info else PredicateResult.no
 
-    filtered = FilteringLogObserver(observer, [predicate])
+    filtered = FilteringLogObserver(observer, [predicate])  # type: ignore[list-item]
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
     return filtered
 

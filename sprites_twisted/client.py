@@ -59,7 +59,8 @@ def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     if text.split(":", 1)[0].lower() == "unix" and "mode=" not in text:
         text += ":mode=600"
     try:
-        return serverFromString(reactor, text)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, text)
+        return endpoint
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
 

@@ -7,6 +7,7 @@ L{sprites_twisted.check} before anything listens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -48,7 +49,7 @@ class ProxyManager(MultiService):
     def __init__(self, *, check: bool = True) -> None:
         super().__init__()
         self.check = check
-        self._ready: Deferred[None] | None = None
+        self._ready: Deferred[Any] | None = None
         self._readyWaiters: list[Deferred[None]] = []
         self._outcome: object = _PENDING
 
@@ -87,42 +88,44 @@ class ProxyManager(MultiService):
         """
         Service.startService(self)
         self._outcome = _PENDING
-        checks: dict[str, Any] = {}
+        checks: dict[str, Callable[[], Any]] = {}
         if self.check:
             for session in self.sessions:
                 check = getattr(session, "check", None)
                 if check is not None and session.spriteName not in checks:
                     checks[session.spriteName] = check
-        started: list[Deferred[Any]] = [defer.maybeDeferred(c) for c in checks.values()]
-        checked = DeferredList(started, fireOnOneErrback=True, consumeErrors=True)
-        self._ready = checked
+        ready = Deferred.fromCoroutine(self._checkAndListen(list(checks.values())))
+        self._ready = ready
+        ready.addBoth(self._started)
 
-        def checkFailed(failure: Failure) -> None:
-            reason: Failure = failure.value.subFailure
-            if isRefusal(reason):
-                raise reason.value
-            self.log.warn(
-                "could not check the sprite before listening ({error}); starting anyway",
-                error=reason.getErrorMessage(),
-            )
-
-        def startSessions(_: Any) -> Deferred[Any]:
-            if not self.running:
-                return defer.succeed(None)
-            listening = []
-            for service in self:
-                listen = getattr(service, "listen", None)
-                if listen is None:
-                    service.startService()
-                    continue
-                service.running = 1
-                listening.append(listen())
-            d = DeferredList(listening, fireOnOneErrback=True, consumeErrors=True)
-            return d.addErrback(lambda f: f.value.subFailure)
-
-        checked.addCallbacks(lambda _: None, checkFailed)
-        checked.addCallback(startSessions)
-        checked.addBoth(self._started)
+    async def _checkAndListen(self, checks: list[Callable[[], Any]]) -> None:
+        for check in checks:
+            try:
+                await defer.maybeDeferred(check)
+            except CancelledError:
+                raise
+            except Exception:
+                reason = Failure()
+                if isRefusal(reason):
+                    raise
+                self.log.warn(
+                    "could not check the sprite before listening ({error}); starting anyway",
+                    error=reason.getErrorMessage(),
+                )
+        if not self.running:
+            return
+        listening: list[Deferred[Any]] = []
+        for service in list(self):
+            listen = getattr(service, "listen", None)
+            if listen is None:
+                service.startService()
+                continue
+            service.running = 1
+            listening.append(listen())
+        try:
+            await defer.gatherResults(listening, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
 
     def _started(self, result: Any) -> None:
         self._ready = None

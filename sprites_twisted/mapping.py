@@ -113,9 +113,7 @@ def checkBindAddress(address: str) -> str:
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        raise ValueError(
-            f"bind address {address!r} is not an IP address or 'localhost'"
-        ) from None
+        raise ValueError(f"bind address {address!r} is not an IP address or 'localhost'") from None
     return text
 
 

@@ -100,5 +100,5 @@ def connectStdio(
     watched = _Watched(endpoint)
     factory = LocalProxyFactory(watched, reactor, spriteName, target, lingerTimeout)
     protocol = factory.buildProtocol(None)
-    _StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)
+    _StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)  # type: ignore[call-arg]
     return factory.whenIdle().addCallback(lambda _: StdioResult(watched.failure))

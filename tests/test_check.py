@@ -175,9 +175,7 @@ class CheckUnitTests(SynchronousTestCase):
         No answer within the timeout: APIUnreachableError saying so.
         """
         clock = MemoryReactorClock()
-        d = checkSprite(
-            clock, "alpha", token=TEST_TOKEN, apiURL="http://127.0.0.1:8900", timeout=3
-        )
+        d = checkSprite(clock, "alpha", token=TEST_TOKEN, apiURL="http://127.0.0.1:8900", timeout=3)
         self.assertNoResult(d)
         clock.advance(3)
         error = self.failureResultOf(d, APIUnreachableError).value

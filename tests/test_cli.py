@@ -149,7 +149,9 @@ class OptionsTests(SynchronousTestCase):
         """
         err = io.StringIO()
         d = Deferred.fromCoroutine(
-            cli.run(reactor, ["-s", "db", "5432", "--bind", "nowhere"], {"SPRITE_TOKEN": TOKEN}, err)
+            cli.run(
+                reactor, ["-s", "db", "5432", "--bind", "nowhere"], {"SPRITE_TOKEN": TOKEN}, err
+            )
         )
         self.assertEqual(self.successResultOf(d), 2)
         self.assertEqual(
@@ -217,7 +219,9 @@ class CommandTests(TestCase):
         env = childEnvironment(SPRITE_TOKEN="wrong-token-77", SPRITES_API_URL=api)
         out, err, code = await runCommand(["-s", "alpha", str(local)], env)
         self.assertEqual((code, out), (1, b""), err)
-        self.assertIn(b"sprites-proxy: the Sprites API rejected the token (from $SPRITE_TOKEN)", err)
+        self.assertIn(
+            b"sprites-proxy: the Sprites API rejected the token (from $SPRITE_TOKEN)", err
+        )
         self.assertNotIn(b"wrong-token-77", err)
         self.assertNotIn(b"forwarding", err)
 
@@ -226,7 +230,8 @@ class CommandTests(TestCase):
             f.write("wrong-token-77\n")
         os.chmod(tokenFile, 0o600)
         out, err, code = await runCommand(
-            ["-s", "alpha", "--token-file", tokenFile, str(local)], childEnvironment(SPRITES_API_URL=api)
+            ["-s", "alpha", "--token-file", tokenFile, str(local)],
+            childEnvironment(SPRITES_API_URL=api),
         )
         self.assertEqual(code, 1, err)
         self.assertIn(f"rejected the token (from --token-file {tokenFile})".encode(), err)

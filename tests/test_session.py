@@ -473,9 +473,7 @@ class ManagerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = FailingListenReactor()
-        self.client = SpritesClient(
-            self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", check=False
-        )
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", check=False)
 
     def test_startStop(self) -> None:
         """

@@ -189,7 +189,13 @@ class ConnectStdioTests(TestCase):
         inRead, inWrite, outRead, outWrite = self.pipes()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", echo.getHost().port)
         finished = connectStdio(
-            reactor, endpoint, "demo", "localhost:7", lingerTimeout=0.1, stdin=inRead, stdout=outWrite
+            reactor,
+            endpoint,
+            "demo",
+            "localhost:7",
+            lingerTimeout=0.1,
+            stdin=inRead,
+            stdout=outWrite,
         )
         os.write(inWrite, b"over stdio")
         os.close(inWrite)

@@ -64,7 +64,11 @@ GOOD = [
     (["-s", "db", "0:80", "0:81"], None, [PortMapping(0, 80), PortMapping(0, 81)]),
     (["-s", "db", "5432"], {"SPRITES_TOKEN": TOKEN}, [PortMapping(5432, 5432)]),
     # Options after mappings are options, not mappings.
-    (["8080:80", "-s", "db", "--bind", "::1", "81"], None, [PortMapping(8080, 80), PortMapping(81, 81)]),
+    (
+        ["8080:80", "-s", "db", "--bind", "::1", "81"],
+        None,
+        [PortMapping(8080, 80), PortMapping(81, 81)],
+    ),
     (["5432", "--sprite=db"], None, [PortMapping(5432, 5432)]),
     (
         ["-s", "db", "127.0.0.2:8080:web:80", "[::1]:8080:localhost:80"],
@@ -102,7 +106,11 @@ BAD = [
         None,
         ["--bind 'example.com'", "IP address", "localhost"],
     ),
-    (["-s", "db", "--listen", "unix:/tmp/x.sock"], None, ["--listen 'unix:/tmp/x.sock' has no --to"]),
+    (
+        ["-s", "db", "--listen", "unix:/tmp/x.sock"],
+        None,
+        ["--listen 'unix:/tmp/x.sock' has no --to"],
+    ),
     (["-s", "db", "--to", "5432"], None, ["--to '5432' needs a --listen"]),
     (
         ["-s", "db", "--listen", "tcp:99999", "--to", "80"],
@@ -490,9 +498,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         manager = self.make(["-s", "db", "127.0.0.2:8080:web:80"])
         manager.startService()
-        self.assertEqual(
-            [(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "127.0.0.2")]
-        )
+        self.assertEqual([(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "127.0.0.2")])
 
     def test_logsForwarding(self) -> None:
         """

@@ -131,9 +131,7 @@ class CheckServerEndpointTests(SynchronousTestCase):
         """
         for text in ["tcp:99999", "tcp:port=70000:interface=127.0.0.1", "tcp6:65536"]:
             with self.subTest(text=text):
-                error = self.assertRaises(
-                    usage.UsageError, checkServerEndpoint, "--listen", text
-                )
+                error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--listen", text)
                 self.assertIn(f"--listen {text!r}", str(error))
                 self.assertIn("is outside 0..65535", str(error))
 
