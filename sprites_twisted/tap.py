@@ -237,6 +237,11 @@ class Options(TokenOptions):
         self["api-url"] = self["api-url"] or apiURLFromEnvironment(self.environ)
         try:
             parseAPIURL(self["api-url"], allowInsecure=bool(self["allow-insecure"]))
+        except ConfigurationError as e:
+            # The library names its keyword; the command has an option.
+            message = str(e).replace("allowInsecure=True", "--allow-insecure")
+            raise usage.UsageError(message) from None
+        try:
             if self["ca-file"]:
                 self.trustRoot = loadTrustRoot(self["ca-file"])
         except ConfigurationError as e:

@@ -243,6 +243,23 @@ class CommandTests(TestCase):
         with self.assertRaises(ConnectError):
             await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", local), LocalClient())
 
+    async def test_busyPort(self) -> None:
+        """
+        A local port already in use: one line naming the address, exit 1,
+        no traceback; the other mapping's listener is closed again.
+        """
+        busy = await self.echoPort()
+        api = await self.localServer()
+        other = freePort()
+        out, err, code = await runCommand(
+            ["-s", "demo", f"{other}:80", str(busy)],
+            childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=api),
+        )
+        self.assertEqual((code, out), (1, b""), err)
+        self.assertIn(f"sprites-proxy: Couldn't listen on 127.0.0.1:{busy}".encode(), err)
+        self.assertNotIn(b"Traceback", err)
+        self.assertIn(f"stopped forwarding 127.0.0.1:{other} ".encode(), err)
+
     async def test_checkPasses(self) -> None:
         """
         A good token and a known sprite: the command listens.  An
