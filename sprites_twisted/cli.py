@@ -155,7 +155,7 @@ def startLogging(options: Options, stream: IO[str]) -> ILogObserver:
     """
     observer: ILogObserver
     if options["log-format"] == "json":
-        observer = jsonFileLogObserver(stream)
+        observer = jsonFileLogObserver(stream, recordSeparator="")
     else:
         observer = FileLogObserver(
             stream, lambda event: (eventAsText(event, includeSystem=False) or "") + "\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import sys
@@ -263,7 +264,8 @@ class CommandTests(TestCase):
     async def test_checkPasses(self) -> None:
         """
         A good token and a known sprite: the command listens.  An
-        unreachable API only warns, and the command listens anyway.
+        unreachable API only warns (here as JSON log lines), and the
+        command listens anyway.
         """
         api = await self.fakeAPI()
         local = freePort()
@@ -276,11 +278,16 @@ class CommandTests(TestCase):
 
         dead = f"http://127.0.0.1:{freePort()}"
         child = self.start(
-            ["-s", "alpha", str(local)], childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=dead)
+            ["-s", "alpha", "--log-format", "json", str(local)],
+            childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=dead),
         )
-        await child.whenOutput(f"forwarding 127.0.0.1:{local} ")
-        self.assertIn(b"could not check the sprite before listening", child.output)
+        # The "forwarding {local} ..." event, as JSON.
+        await child.whenOutput(f'"local": "127.0.0.1:{local}"')
         self.assertEqual(await child.terminate(), 0, child.output)
+        # One JSON object per line, the warning among them.
+        events = [json.loads(line) for line in child.output.decode().splitlines()]
+        warnings = [e for e in events if e["log_level"]["name"] == "warn"]
+        self.assertIn("could not check the sprite before listening", warnings[0]["log_format"])
 
     async def test_forwardUnixAndBind(self) -> None:
         """

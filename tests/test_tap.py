@@ -458,11 +458,12 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_optionsReachClient(self) -> None:
         """
-        --linger reaches the sessions and --keepalive the client.
+        --linger reaches the sessions and --keepalive the tunnels' endpoint.
         """
         manager = self.make(["-s", "db", "--linger", "0.5", "--keepalive", "3", "8080:80"])
         session = list(manager)[0]
         self.assertEqual(session.factory.lingerTimeout, 0.5)
+        self.assertEqual(session.factory.endpoint._keepaliveInterval, 3.0)
         self.assertEqual(session.check, None)
 
     def test_checkByDefault(self) -> None:
