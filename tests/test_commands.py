@@ -203,3 +203,14 @@ class CommandsTests(TestCase):
         out, err, code = await run(["sprites-proxy", "-s", "demo", "70000"], env)
         self.assertEqual(code, 1)
         self.assertIn(b"invalid port mapping '70000'", out + err)
+
+    async def test_listenPortOutOfRange(self) -> None:
+        """
+        ``twistd sprites-local --listen tcp:99999`` is a usage error naming
+        the port, not a traceback.
+        """
+        out, err, code = await run(["sprites-local", "--listen", "tcp:99999"], childEnvironment())
+        self.assertEqual(code, 1)
+        self.assertIn(b"--listen 'tcp:99999': port 99999 is outside 0..65535", out + err)
+        self.assertNotIn(b"Traceback", out + err)
+        self.assertNotIn(b"OverflowError", out + err)

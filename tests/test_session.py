@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
@@ -264,6 +265,52 @@ class SessionTests(SynchronousTestCase):
         warnings = [e for e in events if e["log_level"].name == "warn"]
         self.assertEqual(len(warnings), 1)
         self.assertIn("anyone", warnings[0]["log_format"])
+
+
+class ForwardTests(SynchronousTestCase):
+    """
+    L{SpritesClient.forward}: any server endpoint as the local side.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+
+    def test_unixSocket(self) -> None:
+        """
+        An endpoint string listens there; a Unix socket gets mode 0600 and
+        the session names it in logs.
+        """
+        session = self.successResultOf(self.client.forward("demo", "unix:/tmp/pg.sock", 5432))
+        [(path, factory, backlog, mode, wantPID)] = self.reactor.unixServers
+        self.assertEqual((path, mode), ("/tmp/pg.sock", 0o600))
+        self.assertIs(factory, session.factory)
+        self.assertEqual(session.describeLocal(), "unix:/tmp/pg.sock")
+        self.assertEqual((session.remotePort, session.remoteHost), (5432, ""))
+        self.successResultOf(session.close())
+
+    def test_explicitMode(self) -> None:
+        """
+        A mode given in the string is kept.
+        """
+        self.successResultOf(self.client.forward("demo", "unix:/tmp/pg.sock:mode=660", 5432))
+        self.assertEqual(self.reactor.unixServers[0][3], 0o660)
+
+    def test_endpointObject(self) -> None:
+        """
+        An IStreamServerEndpoint object is used as it is.
+        """
+        endpoint = TCP6ServerEndpoint(self.reactor, 8080, interface="::1")
+        session = self.successResultOf(self.client.sprite("demo").forward(endpoint, 80, "web"))
+        self.assertEqual([(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "::1")])
+        self.assertIs(session.listenOn, endpoint)
+
+    def test_badString(self) -> None:
+        """
+        A string Twisted cannot parse fails the Deferred, naming it.
+        """
+        failure = self.failureResultOf(self.client.forward("demo", "bogus:1", 80), ValueError)
+        self.assertIn("'bogus:1'", str(failure.value))
 
 
 class ProxyPortsTests(SynchronousTestCase):
