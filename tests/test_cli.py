@@ -261,6 +261,26 @@ class CommandTests(TestCase):
         self.assertNotIn(b"Traceback", err)
         self.assertIn(f"stopped forwarding 127.0.0.1:{other} ".encode(), err)
 
+    async def test_checkAgainstLocalServer(self) -> None:
+        """
+        The local sprite server answers the check too: a name outside its
+        --sprite list and a bad token each stop start-up with exit 1.
+        """
+        server = LocalSpriteServer(reactor, TOKEN, sprites=["demo"])
+        port, _ = await listen(self, reactor, server.factory())
+        api = f"http://127.0.0.1:{port.getHost().port}"
+        local = str(freePort())
+        out, err, code = await runCommand(
+            ["-s", "other", local], childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=api)
+        )
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"sprites-proxy: no sprite named other\n", err)
+        out, err, code = await runCommand(
+            ["-s", "demo", local], childEnvironment(SPRITE_TOKEN="bad-token-0", SPRITES_API_URL=api)
+        )
+        self.assertEqual(code, 1, err)
+        self.assertIn(b"the Sprites API rejected the token (from $SPRITE_TOKEN)", err)
+
     async def test_checkPasses(self) -> None:
         """
         A good token and a known sprite: the command listens.  An
