@@ -314,7 +314,7 @@ class CommandTests(TestCase):
         One command forwards a Unix socket (mode 0600, removed on stop)
         and a 4-part BIND:LOCAL:HOST:REMOTE mapping on 127.0.0.2; bytes
         go both ways, after the check passed against the local sprite
-        server; SIGTERM stops listening, drains, exits 0.
+        server; SIGINT stops listening, drains, exits 0.
         """
         echo = await self.echoPort()
         api = await self.localServer()
@@ -338,7 +338,7 @@ class CommandTests(TestCase):
             await client.closed
             self.assertIsInstance(client.reason.value, ConnectionDone)
 
-        child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        child.transport.signalProcess("INT")  # type: ignore[union-attr]
         self.assertEqual(await child.ended, 0, child.output)
         self.assertFalse(os.path.exists(sock))
         self.assertIn(b"stopped forwarding unix:", child.output)
