@@ -28,12 +28,11 @@ from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL, pro
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, apiTransportEndpoint
 from sprites_twisted.errors import (
     APIUnreachableError,
-    RateLimitedError,
     SpriteAuthError,
     SpriteNotFoundError,
-    SpriteServerError,
     UpgradeRefusedError,
 )
+from sprites_twisted.refusal import refusalError
 
 __all__ = ["checkSprite", "isRefusal", "spritePath"]
 
@@ -90,43 +89,19 @@ def _readBody(response: IResponse) -> Deferred[bytes]:
     return done
 
 
-def _fields(body: bytes) -> tuple[str | None, str | None, float | None]:
-    """
-    ``message``, ``error`` and ``retry_after_seconds`` of a JSON error body.
-    """
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        text = body.decode("utf-8", "replace").strip()
-        return (text[:200] or None), None, None
-    if not isinstance(value, dict):
-        return None, None, None
-    message = value.get("message")
-    code = value.get("error")
-    retry = value.get("retry_after_seconds")
-    return (
-        message if isinstance(message, str) else None,
-        code if isinstance(code, str) else None,
-        float(retry) if isinstance(retry, int | float) and not isinstance(retry, bool) else None,
-    )
-
-
 def _refusal(status: int, headers: Headers, body: bytes) -> UpgradeRefusedError:
-    message, code, retry = _fields(body)
-    if status in (401, 403):
-        return SpriteAuthError(status, message, code)
-    if status == 404:
-        return SpriteNotFoundError(status, message, code)
-    if status == 429:
-        header = headers.getRawHeaders("retry-after", [None])[0]
-        try:
-            retry = float(header) if header is not None else retry
-        except ValueError:
-            pass
-        return RateLimitedError(status, message, code, retry)
-    if status >= 500:
-        return SpriteServerError(status, message, code)
-    return UpgradeRefusedError(status, message, code)
+    """
+    The typed error for an answer other than 200, read the way a refused
+    tunnel upgrade is (L{sprites_twisted.refusal.refusalError}).
+    """
+    fields = {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in headers.getAllRawHeaders()
+        if values
+    }
+    # The agent already undid any transfer encoding.
+    fields.pop("transfer-encoding", None)
+    return refusalError(status, fields, body)
 
 
 def checkSprite(
