@@ -13,17 +13,22 @@ sshd's privilege separation directory is missing (Debian:
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import shutil
 import sys
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 
 from sprites_twisted.demo import TwistdProcess, freePort
 from sprites_twisted.errors import SpriteAuthError
@@ -221,3 +226,172 @@ class ConnectStdioTests(TestCase):
         result = await finished
         self.assertIsInstance(result.failure.value, SpriteAuthError)  # type: ignore[union-attr]
         self.assertEqual(readAvailable(outRead), b"")
+
+
+class Flood(Protocol):
+    """
+    Sends C{total} bytes as fast as the connection takes them (a push
+    producer of its own transport), then closes.
+    """
+
+    chunk = os.urandom(64 * 1024)
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.sent = 0
+        self.digest = hashlib.sha256()
+        self._paused = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        assert self.transport is not None
+        self._paused = False
+        while not self._paused and self.sent < self.total:
+            self.transport.write(self.chunk)
+            self.digest.update(self.chunk)
+            self.sent += len(self.chunk)
+        if self.sent >= self.total and not self._paused:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class PauseRecorder(ProtocolWrapper):
+    """
+    Stands between the relay and the TCP connection to the target: fires
+    the factory's C{paused} the first time the relay stops reading it.
+    """
+
+    def pauseProducing(self) -> None:
+        if not self.factory.paused.called:
+            self.factory.paused.callback(self.factory.received)
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.received += len(data)
+        super().dataReceived(data)
+
+
+class PauseRecordingFactory(WrappingFactory):
+    protocol = PauseRecorder
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self.paused: Deferred[int] = Deferred()
+        self.received = 0
+
+
+class RecordingEndpoint:
+    """
+    Connects to 127.0.0.1:C{port} through a L{PauseRecordingFactory}.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.factory: PauseRecordingFactory | None = None
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.factory = PauseRecordingFactory(factory)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        return endpoint.connect(self.factory).addCallback(lambda wrapper: wrapper.wrappedProtocol)
+
+
+@implementer(IReadDescriptor)
+class PipeReader:
+    """
+    Reads non-blocking pipe C{fd} through the reactor, keeping the sha256
+    and the size of what came, until L{stop}.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "PipeReader"
+
+    def doRead(self) -> Any:
+        while True:
+            try:
+                data = os.read(self.fd, 1024 * 1024)
+            except BlockingIOError:
+                return None
+            if not data:
+                return ConnectionDone()
+            self.digest.update(data)
+            self.size += len(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        reactor.removeReader(self)
+
+    def stop(self) -> tuple[str, int]:
+        """
+        Read what is left, stop reading: the sha256 and the size.
+        """
+        self.doRead()
+        reactor.removeReader(self)
+        return self.digest.hexdigest(), self.size
+
+
+class FlowControlTests(TestCase):
+    """
+    A stalled stdout stops the tunnel from being read, instead of the
+    process buffering the stream.
+    """
+
+    timeout = 30
+
+    async def test_stalledStdout(self) -> None:
+        """
+        While nothing reads stdout, the relay stops reading the tunnel
+        (pauses it) long before the target has sent its 32 MiB; once
+        stdout is read again, all of it arrives, intact.
+        """
+        total = 32 * 1024 * 1024
+        floods: list[Flood] = []
+
+        def flood() -> Flood:
+            floods.append(Flood(total))
+            return floods[-1]
+
+        target, _ = await listen(self, reactor, Factory.forProtocol(flood))
+        inRead, inWrite = os.pipe()
+        self.addCleanup(os.close, inWrite)
+        outRead, outWrite = os.pipe()
+        os.set_blocking(outRead, False)
+        endpoint = RecordingEndpoint(target.getHost().port)
+        finished = connectStdio(
+            reactor,
+            endpoint,
+            "demo",
+            "localhost:1",
+            stdin=inRead,
+            stdout=outWrite,  # type: ignore[arg-type]
+        )
+        # The relay dials at once, before reading anything from stdin.
+        assert endpoint.factory is not None
+        received = await endpoint.factory.paused
+        # Paused with stdout full: what this process holds is a few
+        # buffers, not the stream.
+        self.assertLess(received, 4 * 1024 * 1024)
+        self.assertLess(floods[0].sent, total)
+        reader = PipeReader(outRead)
+        reactor.addReader(reader)
+        self.addCleanup(os.close, outRead)
+        result = await finished
+        digest, size = reader.stop()
+        self.assertIsNone(result.failure)
+        self.assertEqual((size, digest), (total, floods[0].digest.hexdigest()))
