@@ -1,11 +1,20 @@
-# Every target installs what it needs into .venv (Python 3.11) first.
+# Every target installs what it needs into .venv (Python 3.11) first, with the
+# exact versions of requirements/lock.txt; test-newest uses .venv-newest and
+# the newest releases instead.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+LOCK := requirements/lock.txt
 SOURCES := setup.py $(wildcard sprites_twisted/*.py) $(wildcard twisted/plugins/*.py)
+TRIAL = $(1) -m twisted.trial --reporter=text
 
-.PHONY: all test demo lint format typecheck docs bench check clean plugins venv
+# Load and subprocess tests: `make e2e`.  Everything else is `make test`,
+# which runs once with the relay's fast path and once without it.
+E2E := tests.test_faults tests.test_commands tests.test_demo
+UNIT := $(filter-out $(E2E),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py)))
+
+.PHONY: all test e2e test-newest lock demo lint format typecheck docs bench check clean plugins venv
 
 all: test
 
@@ -16,16 +25,41 @@ $(VENV)/.created:
 
 # The project is installed (not editable) so that twisted/plugins lands in
 # site-packages, where Twisted's plugin system finds it; reinstalled when a
-# source file changes.
-$(VENV)/.installed-%: $(VENV)/.created $(SOURCES)
-	$(PIP) install '.[$*]'
+# source file or the lock changes.
+$(VENV)/.installed-%: $(VENV)/.created $(SOURCES) $(LOCK)
+	$(PIP) install -c $(LOCK) '.[$*]'
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
 venv: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
-	$(PY) -m twisted.trial --reporter=text tests
+	$(call TRIAL,$(PY)) $(UNIT)
+	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,$(PY)) $(UNIT)
+
+e2e: $(VENV)/.installed-test
+	$(call TRIAL,$(PY)) $(E2E)
+
+# The newest release of every dependency, in a virtualenv of its own: how we
+# learn of the next upstream change before users do.
+test-newest:
+	rm -rf .venv-newest
+	$(PYTHON) -m venv .venv-newest
+	.venv-newest/bin/python -m pip --disable-pip-version-check -q install --upgrade pip setuptools wheel
+	.venv-newest/bin/python -m pip --disable-pip-version-check -q install --upgrade --upgrade-strategy eager '.[test]'
+	.venv-newest/bin/python -m pip --disable-pip-version-check freeze --exclude-editable | grep -iE '^(twisted|autobahn|txaio|zope.interface|service.identity|pyopenssl|cryptography)=='
+	$(call TRIAL,.venv-newest/bin/python) $(UNIT) $(E2E)
+	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,.venv-newest/bin/python) $(UNIT)
+
+# Refresh the lock from the newest releases (run make check e2e after it).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	.venv-lock/bin/python -m pip --disable-pip-version-check -q install '.[test,dev,docs,bench]'
+	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/python -m pip --disable-pip-version-check freeze --exclude-editable | grep -v '^sprites-twisted'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 demo: $(VENV)/.installed-test
 	$(PY) -m sprites_twisted.demo
@@ -54,4 +88,4 @@ plugins: $(VENV)/.installed-test
 check: lint typecheck test docs
 
 clean:
-	rm -rf $(VENV) _trial_temp* docs/_build build dist *.egg-info
+	rm -rf $(VENV) .venv-newest _trial_temp* docs/_build build dist *.egg-info

@@ -29,7 +29,7 @@ import termios
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -100,8 +100,31 @@ def splice(a: Pipe, b: Pipe) -> None:
     assert a.transport is not None and b.transport is not None
     setBufferSize(a.transport)
     setBufferSize(b.transport)
-    a.transport.registerProducer(b.transport, True)
-    b.transport.registerProducer(a.transport, True)
+    a.transport.registerProducer(_FlowControl(b.transport), True)
+    b.transport.registerProducer(_FlowControl(a.transport), True)
+
+
+@implementer(IPushProducer)
+class _FlowControl:
+    """
+    A transport as the streaming producer of its peer: pausing and resuming
+    pass through; C{stopProducing} (the peer's connection is gone) does
+    not, because ending this side is the pipe's decision, by reason
+    (L{endStream}), and a transport's own C{stopProducing} would always
+    end it cleanly.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def setBufferSize(transport: Any, size: int = PIPE_BUFFER_SIZE) -> None:

@@ -241,7 +241,7 @@ class ServerTunnel:
         if channel is None or channel.transport is None:
             return
         if channel.isOpen():
-            sendCloseCode(channel, code, reason)
+            channel.sendCloseCode(code, reason)
         if self._dropTimer is None:
             self._dropTimer = self.server.reactor.callLater(self.server.closeTimeout, self._drop)
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_faults -*-
 """
 Faults, end to end over loopback: the sprite side restarting under open
 tunnels, a target resetting mid-stream, thousands of connections opened
@@ -15,6 +16,7 @@ from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
 from twisted.trial.unittest import TestCase
@@ -114,12 +116,20 @@ class SpriteRestartTests(FaultsMixin, TestCase):
         for local in open_:
             await local.closed
             self.assertEqual(bytes(local.received), b"up")
+            # A cut stream is a reset, never a clean end.
+            assert local.reason is not None
+            self.assertIsInstance(local.reason.value, ConnectionLost)
         await session.factory.whenIdle()
         broke = [w for w in logs.atLevel(LogLevel.warn) if "broke" in w]
         self.assertEqual(len(broke), 3)
+        for line in broke:
+            self.assertIn("tunnel closed (code 1006)", line)
+            self.assertIn("peer dropped the TCP connection", line)
 
         down = await connectLocal(reactor, session.localPort)
         await down.closed
+        assert down.reason is not None
+        self.assertIsInstance(down.reason.value, ConnectionLost)
         self.assertIn("cannot reach the Sprites API", logs.atLevel(LogLevel.warn)[-1])
 
         # Back on the same port: the same session works again.
@@ -136,11 +146,12 @@ class _Resetter(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(b"before reset")
-        self.transport.getHandle().setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
-        reactor.callLater(0, self.transport.abortConnection)
+        handle = self.transport.getHandle()
+        # Straight into the kernel (Twisted's buffer would be dropped by
+        # the abort), then an RST.
+        handle.sendall(b"before reset")
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abortConnection()
 
 
 class TargetResetTests(FaultsMixin, TestCase):
@@ -150,18 +161,25 @@ class TargetResetTests(FaultsMixin, TestCase):
 
     async def test_resetClosesLocalConnection(self) -> None:
         """
-        The local client gets what arrived before the reset, then its
-        connection closes (it does not hang), and the port keeps serving.
+        The local client gets what arrived before the reset, then a reset
+        of its own (it does not hang, and it is not a clean end); the
+        server closed the tunnel with 1011, and the port keeps serving.
         """
         session, _, tracked = await self.forward(Factory.forProtocol(_Resetter))
         logs = LogCapture(self)
         local = await connectLocal(reactor, session.localPort)
         local.transport.write(b"hello")
         await local.closed
-        # Data in flight when the RST lands may be discarded by the kernel.
-        self.assertTrue(b"before reset".startswith(bytes(local.received)))
+        self.assertEqual(bytes(local.received), b"before reset")
+        assert local.reason is not None
+        self.assertIsInstance(local.reason.value, ConnectionLost)
         await session.factory.whenIdle()
         await tracked.whenIdle()
+        texts = logs.texts()
+        self.assertTrue(any("ended (the target reset)" in t for t in texts), texts)
+        broke = [t for t in texts if "broke" in t]
+        self.assertEqual(len(broke), 1, texts)
+        self.assertIn("tunnel closed (code 1011)", broke[0])
         self.assertEqual(logs.problems(), [])
 
 

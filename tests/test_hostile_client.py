@@ -287,6 +287,25 @@ class HostileClientTests(SynchronousTestCase):
         self.refusedWith(client, "binary message before the init")
         self.assertStillServing()
 
+    def test_hugeTextAfterInitIgnored(self) -> None:
+        """
+        Text messages of any size after the init (a 2 MiB frame, a message
+        in many fragments) are ignored without being kept: the binary data
+        around them reaches the target and the tunnel goes on.
+        """
+        client = self.sendInit({"host": "localhost", "port": 5432})
+        self.assertEqual(client.replies()[0]["status"], "connected")
+        client.send(0x2, b"be")
+        client.send(0x1, b"x" * (2 * 1024 * 1024))
+        client.send(0x2, b"fo")
+        self.sprite.flush()
+        echoed = [p for op, p in client.frames if op == 0x2]
+        self.assertEqual(b"".join(echoed), b"befo")
+        self.assertFalse(client.lost)
+        self.assertEqual(len(self.sprite.server.tunnels), 1)
+        client.transport.loseConnection()
+        self.assertStillServing()
+
     def test_initTooLarge(self) -> None:
         """
         An init over the size limit drops the tunnel without being parsed.

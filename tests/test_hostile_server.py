@@ -25,6 +25,7 @@ from sprites_twisted.client import SpritesClient
 from sprites_twisted.wire import MAX_REPLY_SIZE
 from tests import wsfake
 from tests.helpers import (
+    LocalClient,
     LogCapture,
     SplitReactor,
     connectLocal,
@@ -135,7 +136,7 @@ class HostileServerMixin:
         send: bytes = b"ping",
         expectReceived: bytes = b"",
         clientReactor: Any = None,
-        afterConnect: Callable[[], Any] | None = None,
+        afterConnect: Callable[[LocalClient], Any] | None = None,
     ) -> list[str]:
         """
         Open one connection against a server scripted with C{onRequest} and
@@ -161,7 +162,7 @@ class HostileServerMixin:
         bad = await connectLocal(reactor, session.localPort)
         bad.transport.write(send)
         if afterConnect is not None:
-            await afterConnect()
+            await afterConnect(bad)
         await bad.closed
         self.assertEqual(bytes(bad.received), expectReceived)
         # A tunnel that failed or broke resets the local connection (the
@@ -203,7 +204,7 @@ class HandshakeTests(HostileServerMixin, TestCase):
         split = SplitReactor(reactor)
         initArrived: Deferred[None] = Deferred()
 
-        async def timeOut() -> None:
+        async def timeOut(bad: LocalClient) -> None:
             await initArrived
             split.clock.advance(5)
 
@@ -402,6 +403,45 @@ class RelayTests(HostileServerMixin, TestCase):
             warning=None,
             expectReceived=b"before",
         )
+
+    async def test_silentPathIsDead(self) -> None:
+        """
+        A sprite that stops answering (no pong to the pings sent every 15 s
+        on the client's clock) is dead after 45 s: the local connection
+        gets what arrived, then a reset, and one warning says why.
+        """
+        split = SplitReactor(reactor)
+        relaying: Deferred[None] = Deferred()
+        pings: list[bytes] = []
+        pinged: list[Deferred[None]] = [Deferred(), Deferred()]
+
+        def echoOnceThenSilence(server: ScriptedServer, opcode: int, payload: bytes) -> None:
+            if opcode == 0x1:
+                server.transport.write(CONNECTED)
+            elif opcode == 0x2 and not relaying.called:
+                server.transport.write(wsfake.binary(payload))
+                relaying.callback(None)
+            elif opcode == 0x9:
+                pings.append(payload)
+                pinged[len(pings) - 1].callback(None)
+
+        async def silence(bad: LocalClient) -> None:
+            await relaying
+            await bad.whenReceived(4)
+            for d in pinged:
+                split.clock.advance(15)
+                await d
+            split.clock.advance(15)
+
+        await self.survive(
+            accept,
+            echoOnceThenSilence,
+            warning="is dead: no answer to pings for 45 s",
+            expectReceived=b"ping",
+            clientReactor=split,
+            afterConnect=silence,
+        )
+        self.assertEqual(len(pings), 2)
 
     async def test_impossibleFrameLength(self) -> None:
         """

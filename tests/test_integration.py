@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_integration -*-
 """
 Integration tests over real loopback sockets (127.0.0.1 only): a target
 service, the local sprite server, and sessions forwarding local ports to the
@@ -8,12 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import struct
 from typing import Any
 
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.error import (
+    CannotListenError,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver
@@ -29,9 +37,10 @@ from sprites_twisted.errors import (
     SpriteNotFoundError,
     TunnelTimeoutError,
 )
+from sprites_twisted.pipe import resetAfterFlush
 from sprites_twisted.server import LocalSpriteServer
 from tests import wsfake
-from tests.helpers import roundTrip
+from tests.helpers import LogCapture, roundTrip
 
 TOKEN = "integration-token-5f2e"
 reactor: Any = globalReactor
@@ -108,6 +117,7 @@ class TrackingFactory(Factory):
 
 class EchoTarget(Tracked):
     def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
         self.transport.write(data)
 
 
@@ -610,3 +620,160 @@ class HalfCloseTests(TestCase):
         from twisted.internet.error import ConnectionDone
 
         self.assertIsInstance(reason, ConnectionDone)
+
+
+def resetSocket(transport: Any) -> None:
+    """
+    Reset a TCP connection now (an RST, nothing more delivered).
+    """
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abortConnection()
+
+
+class SendThenEnd(Tracked):
+    """
+    A target that sends C{payload} as soon as the client's first bytes
+    arrive, then ends: a FIN, or (C{reset}) an RST once all of it was sent.
+    """
+
+    def __init__(self, payload: bytes, reset: bool) -> None:
+        super().__init__()
+        self.payload = payload
+        self.reset = reset
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.count > len(data):
+            return
+        self.transport.write(self.payload)
+        if self.reset:
+            resetAfterFlush(self.transport, reactor)
+        else:
+            self.transport.loseConnection()
+
+
+class StreamEndTests(TestCase):
+    """
+    How one side ended is how the other side ends: a clean end is a FIN
+    (WebSocket close 1000), a broken one is a reset (close 1011) after
+    every byte that arrived, and the server's log says which.
+    """
+
+    timeout = 60
+
+    async def endToEnd(self, payload: bytes, reset: bool) -> tuple[Tracked, list[str]]:
+        targets = TrackingFactory(SendThenEnd, payload, reset)
+        h = Harness(self)
+        await h.start(targets)
+        session = await h.forward()
+        logs = LogCapture(self)
+        local = Tracked()
+        targetMade = targets.nextProtocol()
+        await h.dial(session, local)
+        local.transport.write(b"go")
+        await (await targetMade).lost
+        await local.lost
+        await session.factory.whenIdle()
+        return local, logs.texts()
+
+    async def test_targetFINIsFIN(self) -> None:
+        """
+        A target that closes cleanly: the local client gets every byte, then
+        a clean end of stream; the server logged a close by the target.
+        """
+        payload = os.urandom(256 * 1024)
+        local, logs = await self.endToEnd(payload, reset=False)
+        self.assertIsInstance(await local.lost, ConnectionDone)
+        self.assertEqual(b"".join(local.received), payload)
+        self.assertTrue(any("ended (the target closed)" in line for line in logs), logs)
+
+    async def test_targetResetIsReset(self) -> None:
+        """
+        A target that resets: the local client gets every byte it sent
+        (none lost), then a reset (ECONNRESET), never a clean end; the
+        server closed with 1011, which the client logged as a broken tunnel.
+        """
+        payload = os.urandom(256 * 1024)
+        local, logs = await self.endToEnd(payload, reset=True)
+        self.assertIsInstance(await local.lost, ConnectionLost)
+        self.assertEqual(len(b"".join(local.received)), len(payload))
+        self.assertEqual(b"".join(local.received), payload)
+        self.assertTrue(any("ended (the target reset)" in line for line in logs), logs)
+        broke = [line for line in logs if "broke" in line]
+        self.assertEqual(len(broke), 1, logs)
+        self.assertIn("code 1011", broke[0])
+
+    async def test_localResetResetsTarget(self) -> None:
+        """
+        A local client that resets its connection: what it sent reaches the
+        target, then the target's connection is reset; the server saw close
+        code 1011.
+        """
+        targets = TrackingFactory(EchoTarget)
+        h = Harness(self)
+        await h.start(targets)
+        session = await h.forward()
+        logs = LogCapture(self)
+        local = Tracked()
+        targetMade = targets.nextProtocol()
+        await h.dial(session, local)
+        local.transport.write(b"last words")
+        target = await targetMade
+        await target.receivedAtLeast(10)
+        await local.receivedAtLeast(10)
+        resetSocket(local.transport)
+        self.assertIsInstance(await target.lost, ConnectionLost)
+        self.assertEqual(b"".join(target.received), b"last words")
+        await session.factory.whenIdle()
+        await h.server.whenIdle()
+        ended = [line for line in logs.texts() if "ended (" in line]
+        self.assertEqual(len(ended), 1, logs.texts())
+        self.assertIn("the client closed with 1011: the target was reset", ended[0])
+
+    async def test_localFINIsFINAtTarget(self) -> None:
+        """
+        A local client that closes cleanly: after the linger, the tunnel
+        closes with 1000 and the target sees a clean end.
+        """
+        targets = TrackingFactory(EchoTarget)
+        h = Harness(self)
+        await h.start(targets)
+        session = await h.forward(lingerTimeout=0.01)
+        logs = LogCapture(self)
+        local = Tracked()
+        targetMade = targets.nextProtocol()
+        await h.dial(session, local)
+        local.transport.write(b"bye")
+        target = await targetMade
+        await local.receivedAtLeast(3)
+        local.transport.loseConnection()
+        self.assertIsInstance(await target.lost, ConnectionDone)
+        await h.server.whenIdle()
+        ended = [line for line in logs.texts() if "ended (" in line]
+        self.assertIn("the client closed with 1000", ended[0])
+
+
+class SocketOptionTests(TestCase):
+    """
+    Sockets of a forwarded connection notice a dead peer by themselves.
+    """
+
+    async def test_tcpKeepalive(self) -> None:
+        """
+        TCP keepalive is on for the accepted local connection and for the
+        tunnel's connection to the API.
+        """
+        h = Harness(self)
+        await h.start()
+        session = await h.forward()
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"x")
+        await local.receivedAtLeast(1)
+        (proto,) = session.factory.connections
+        tunnelTCP = proto.peer.transport.channel.getTCPTransport()
+        for transport in (proto.transport, tunnelTCP):
+            handle = transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        local.transport.loseConnection()
+        await local.lost

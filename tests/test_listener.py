@@ -80,9 +80,9 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.pending), 1)
         tunnel, remote = self.endpoint.succeed()
         self.assertEqual(local.producerState, "producing")
-        self.assertIs(local.producer, remote)
+        self.assertIs(local.producer.transport, remote)
         self.assertTrue(local.streaming)
-        self.assertIs(remote.producer, local)
+        self.assertIs(remote.producer.transport, local)
         self.assertTrue(remote.streaming)
 
     def test_relayInOrder(self) -> None:

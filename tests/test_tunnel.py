@@ -7,6 +7,7 @@ real local sprite server (L{MemorySprite}) and against scripted servers.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -479,3 +480,134 @@ class ScriptedServerTests(SynchronousTestCase):
         self.network.flush()
         self.assertIsNotNone(proto.lostReason)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class TunnelStateTests(SynchronousTestCase):
+    """
+    L{Tunnel}, the client's state machine, on a fake channel and a clock:
+    upgrading -> awaitingReply -> relaying -> closed.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from sprites_twisted.tunnel import Tunnel
+        from sprites_twisted.wire import encodeInit
+        from sprites_twisted.wsstream import SpriteAddress
+        from tests.channels import FakeChannel
+
+        self.clock = Clock()
+        self.result: Deferred[Any] = Deferred()
+        self.channel = FakeChannel()
+        self.tunnel = Tunnel(
+            self.result,
+            Factory.forProtocol(Recorder),
+            encodeInit("localhost", 5432),
+            SpriteAddress("demo", "localhost", 5432),
+            self.clock,
+            "api.example",
+            1.0,
+            keepaliveInterval=15.0,
+        )
+        self.tunnel.channel = self.channel  # type: ignore[assignment]
+
+    def relaying(self) -> Any:
+        self.tunnel.opened()
+        self.tunnel.textReceived(b'{"status": "connected"}')
+        return self.successResultOf(self.result)
+
+    def test_initThenRelay(self) -> None:
+        """
+        Open: the init goes out as text and the reply is collected; on
+        connected the protocol is built and binary data goes straight to it.
+        """
+        self.assertEqual(self.tunnel.state, "upgrading")
+        self.tunnel.opened()
+        self.assertEqual(self.tunnel.state, "awaitingReply")
+        self.assertEqual(self.channel.texts, [b'{"host": "localhost", "port": 5432}'])
+        self.assertGreater(self.channel.textLimit, 0)
+        self.tunnel.textReceived(b'{"status": "connected", "target": "localhost:5432"}')
+        app = self.successResultOf(self.result)
+        self.assertEqual(self.tunnel.state, "relaying")
+        self.assertEqual(self.channel.textLimit, 0)
+        self.channel.binaryData(b"payload")  # type: ignore[attr-defined]
+        self.assertEqual(app.received, b"payload")
+
+    def test_errorReply(self) -> None:
+        """
+        Another status fails the connect with the server's message and drops
+        the connection.
+        """
+        self.tunnel.opened()
+        self.tunnel.textReceived(b'{"status": "error", "message": "port closed"}')
+        self.assertTrue(self.channel.transport.disconnected)
+        self.tunnel.closed(False, 1006, None)
+        error = self.failureResultOf(self.result, HandshakeError).value
+        self.assertIn("port closed", str(error))
+
+    def test_binaryBeforeReply(self) -> None:
+        self.tunnel.opened()
+        self.tunnel.binaryData(b"sneaky")
+        self.tunnel.closed(False, 1006, None)
+        self.assertIn("before the handshake reply", str(self.failureResultOf(self.result).value))
+
+    def test_closeBeforeReply(self) -> None:
+        """
+        A close frame while awaiting the reply fails at once, with its code.
+        """
+        self.tunnel.opened()
+        self.tunnel.closeFrame(4000, "go away")
+        self.tunnel.closed(True, 4000, "go away")
+        error = self.failureResultOf(self.result, TunnelClosedError).value
+        self.assertIn("4000", str(error))
+        self.assertIn("go away", str(error))
+
+    def test_cleanEnd(self) -> None:
+        """
+        A 1000 close after the handshake is a clean end for the protocol.
+        """
+        app = self.relaying()
+        self.tunnel.closed(True, 1000, None)
+        self.assertEqual(self.tunnel.state, "closed")
+        self.assertTrue(app.lostReason.check(ConnectionDone))
+
+    def test_keepaliveDeath(self) -> None:
+        """
+        Pings every 15 s on the clock; 45 s without a pong ends the stream
+        as broken, naming why.
+        """
+        app = self.relaying()
+        self.clock.advance(15)
+        self.assertEqual(self.channel.pings, 1)
+        self.tunnel.pong()
+        self.clock.advance(15)
+        self.clock.advance(15)
+        self.clock.advance(14)
+        self.assertFalse(self.channel.transport.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(self.channel.transport.disconnected)
+        self.tunnel.closed(False, 1006, None)
+        self.assertTrue(app.lostReason.check(ConnectionLost))
+        self.assertIn("no answer to pings for 45 s", app.lostReason.getErrorMessage())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noPingsBeforeRelaying(self) -> None:
+        """
+        The handshake timeout covers the handshake; pings start once
+        relaying.
+        """
+        self.tunnel.opened()
+        self.clock.advance(60)
+        self.assertEqual(self.channel.pings, 0)
+
+    def test_cancelledBeforeReply(self) -> None:
+        """
+        A reply that arrives after connect was cancelled drops the tunnel
+        instead of building a protocol.
+        """
+        self.tunnel.opened()
+        self.tunnel.abort()
+        self.tunnel.textReceived(b'{"status": "connected"}')
+        self.assertNotEqual(self.tunnel.state, "relaying")
+        self.assertTrue(self.channel.transport.disconnected)
