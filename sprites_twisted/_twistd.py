@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_twistd -*-
 """
-What the two twistd commands, ``sprites-proxy`` and ``sprites-local``,
-share: where the token comes from, and the top service that makes start-up
-failures and shutdown behave like a command-line tool's.
+What the commands (``twistd sprites-proxy``, ``twistd sprites-local`` and
+the ``sprites-proxy`` console script) share: options and mappings in any
+order, where the token comes from, and checks of seconds and endpoint
+strings that name the bad value.
 
 Kept apart from :mod:`sprites_twisted.tap` and
 :mod:`sprites_twisted.localtap` so that neither command imports the
@@ -11,22 +12,64 @@ other's dependencies.
 
 from __future__ import annotations
 
+import getopt
 import os
+import re
 import sys
-from collections.abc import Callable, Mapping
-from types import TracebackType
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from sprites_twisted.config import checkToken, readTokenFile, tokenFromEnvironment
+from sprites_twisted.config import TOKEN_VARIABLES, checkToken, readTokenFile
 from sprites_twisted.errors import ConfigurationError
 
-__all__ = ["CommandService", "TokenOptions", "positiveNumber"]
+__all__ = ["TokenOptions", "positiveNumber", "checkServerEndpoint"]
+
+_PORT_FIRST = re.compile(r"^(tcp6?|ssl):(?:port=)?(\d+)(?::|$)", re.IGNORECASE)
+_PORT_OPTION = re.compile(r"(?:^|:)port=(\d+)(?::|$)")
+
+
+class _ParseOnly:
+    """
+    Stands in for the reactor while an endpoint string is only parsed:
+    Twisted's server endpoints keep their reactor until they listen, which
+    never happens to this one.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"endpoint string parsed for checking only, no reactor ({name})")
+
+
+def checkServerEndpoint(option: str, description: str) -> str:
+    """
+    Check a Twisted server endpoint string before anything runs.
+
+    Twisted parses it (loading any certificate an ``ssl:`` string names);
+    a ``tcp:``, ``tcp6:`` or ``ssl:`` port must be 0..65535, which
+    Twisted itself only finds out when listening (with an
+    C{OverflowError}).
+
+    :returns: C{description}.
+    :raises usage.UsageError: naming the option and the string.
+    """
+    hint = "expected a Twisted server endpoint string such as tcp:8900:interface=127.0.0.1"
+    try:
+        serverFromString(_ParseOnly(), description)
+    except Exception as e:  # noqa: BLE001 - any parse error is a usage error
+        raise usage.UsageError(f"{option} {description!r}: {e}; {hint}") from None
+    match = _PORT_FIRST.match(description) or (
+        description.split(":", 1)[0].lower() in ("tcp", "tcp6", "ssl")
+        and _PORT_OPTION.search(description)
+    )
+    if match:
+        port = int(match.group(match.lastindex or 1))
+        if port > 65535:
+            raise usage.UsageError(
+                f"{option} {description!r}: port {port} is outside 0..65535; {hint}"
+            )
+    return description
 
 
 def positiveNumber(option: str, value: str, *, allowZero: bool = False) -> float:
@@ -75,6 +118,30 @@ class TokenOptions(usage.Options):
         self.token: str | None = None
         #: True when the token file can be read by group or others.
         self.tokenFileExposed = False
+        #: Where the token came from, for messages: ``$SPRITE_TOKEN``,
+        #: ``$SPRITES_TOKEN`` or ``--token-file PATH``.
+        self.tokenSource = ""
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options}, which may come in any order: an option after a
+        positional argument is still an option (as GNU tools do), and
+        ``--`` ends the options.
+        """
+        arguments = list(sys.argv[1:] if options is None else options)
+        try:
+            found, positional = getopt.gnu_getopt(arguments, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for name, value in found:
+            if name.startswith("--"):
+                ordered.append(f"{name}={value}" if f"{name[2:]}=" in self.longOpt else name)
+            elif f"{name[1]}:" in self.shortOpt:
+                ordered += [name, value]
+            else:
+                ordered.append(name)
+        super().parseOptions([*ordered, "--", *positional])
 
     def readToken(self) -> str | None:
         """
@@ -88,81 +155,13 @@ class TokenOptions(usage.Options):
         try:
             if path:
                 fromFile, self.tokenFileExposed = readTokenFile(path)
+                self.tokenSource = f"--token-file {path}"
                 return fromFile
-            fromEnvironment = tokenFromEnvironment(self.environ)
-            return None if fromEnvironment is None else checkToken(fromEnvironment)
+            for name in TOKEN_VARIABLES:
+                value = self.environ.get(name)
+                if value:
+                    self.tokenSource = f"${name}"
+                    return checkToken(value)
+            return None
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
-
-
-class CommandService(MultiService):
-    """
-    The top service of a twistd command, wrapping the real one.
-
-    Two things twistd does by default are wrong for a port forwarder run
-    from a terminal or a supervisor:
-
-    - a local port that is already in use stops start-up with a traceback;
-      here it prints one line naming the address (``sprites-proxy:
-      Couldn't listen on 127.0.0.1:8080: ... Address already in use.``)
-      and twistd still exits non-zero;
-    - after SIGTERM or SIGINT, twistd kills itself with that signal once
-      shut down; here connections were drained and shutdown is what the
-      user asked for, so the process exits 0.
-
-    :param command: the command name, prefixed to start-up errors.
-    :param reactor: the reactor twistd runs.
-    :param service: the service doing the work.
-    """
-
-    log = Logger()
-
-    def __init__(self, command: str, reactor: Any, service: IService) -> None:
-        super().__init__()
-        self.command = command
-        self._reactor = reactor
-        service.setServiceParent(self)
-
-    def privilegedStartService(self) -> None:
-        self._start(MultiService.privilegedStartService)
-
-    def startService(self) -> None:
-        self._start(MultiService.startService)
-
-    def _start(self, start: Callable[[MultiService], None]) -> None:
-        try:
-            start(self)
-        except CannotListenError as e:
-            self._startFailed(e)
-            raise
-
-    def _startFailed(self, error: CannotListenError) -> None:
-        """
-        Log ``error``, and make the interpreter print it as one line rather
-        than a traceback when twistd lets it escape.
-
-        twistd must still see the exception itself, so that it removes its
-        pid file and, when daemonizing, reports the error to the parent.
-        """
-        self.log.error("{command}: {error}", command=self.command, error=str(error))
-        previous = sys.excepthook
-        command = self.command
-
-        def excepthook(
-            kind: type[BaseException],
-            value: BaseException,
-            traceback: TracebackType | None,
-        ) -> None:
-            if value is error:
-                (sys.__stderr__ or sys.stderr).write(f"{command}: {error}\n")
-            else:
-                previous(kind, value, traceback)
-
-        sys.excepthook = excepthook
-
-    def stopService(self) -> Deferred[Any]:
-        # twistd reads _exitSignal once the reactor stops and re-raises the
-        # signal; forgetting it makes a requested, drained shutdown exit 0.
-        if getattr(self._reactor, "_exitSignal", None) is not None:
-            self._reactor._exitSignal = None
-        return MultiService.stopService(self)  # type: ignore[no-any-return]

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,10 +36,33 @@ from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.mapping import PortMapping, parseAddress
 from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, ProxySession
 
-__all__ = ["SpritesClient", "Sprite"]
+__all__ = ["SpritesClient", "Sprite", "DEFAULT_KEEPALIVE_INTERVAL", "serverEndpoint"]
 
 #: How many endpoints (distinct targets) a client keeps for reuse.
 _ENDPOINT_CACHE_SIZE = 64
+
+
+def serverEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    A server endpoint from a Twisted endpoint string, for
+    L{SpritesClient.forward}.
+
+    A ``unix:`` socket without ``mode=`` gets mode 0600 (only this user
+    can reach the sprite through it); Twisted removes the file when the
+    listener stops.
+
+    :raises ValueError: naming the string when Twisted cannot parse it.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    text = description.strip()
+    if text.split(":", 1)[0].lower() == "unix" and "mode=" not in text:
+        text += ":mode=600"
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, text)
+        return endpoint
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"invalid listen endpoint {description!r}: {e}") from None
 
 
 class SpritesClient:
@@ -56,6 +84,9 @@ class SpritesClient:
     :param keepaliveInterval: seconds between WebSocket pings on each open
         tunnel (15 by default); a tunnel with no answer for three intervals
         is dead, and its local connection is reset.  0 turns pings off.
+    :param check: sessions made by this client carry a C{check} that asks
+        the API about their sprite (L{checkSprite}) before a
+        L{sprites_twisted.manager.ProxyManager} starts them.
     :raises ConfigurationError: for a missing/invalid token or a bad URL.
     """
 
@@ -75,6 +106,7 @@ class SpritesClient:
         allowInsecure: bool = False,
         transportEndpoint: IStreamClientEndpoint | None = None,
         keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
+        check: bool = True,
     ) -> None:
         self._reactor = reactor
         self._token = checkToken(token)
@@ -88,6 +120,7 @@ class SpritesClient:
                 host=api.host,
             )
         self.handshakeTimeout = handshakeTimeout
+        self.check = check
         self.lingerTimeout = lingerTimeout
         self.drainTimeout = drainTimeout
         self.interface = interface
@@ -142,24 +175,91 @@ class SpritesClient:
             del self._endpoints[next(iter(self._endpoints))]
         return endpoint
 
+    def checkSprite(self, spriteName: str) -> Deferred[dict[str, Any]]:
+        """
+        Ask the API about C{spriteName} (``GET /v1/sprites/{name}``), to
+        know before forwarding whether the token and the name are good.
+
+        See L{sprites_twisted.check.checkSprite} for the result and the
+        errors; the handshake timeout bounds it.
+        """
+        from sprites_twisted.check import checkSprite
+
+        return checkSprite(
+            self._reactor,
+            spriteName,
+            token=self._token,
+            apiURL=self.baseURL,
+            trustRoot=self._trustRoot,
+            allowInsecure=self._allowInsecure,
+            timeout=self.handshakeTimeout,
+            transportEndpoint=self._transportEndpoint,
+        )
+
     def session(
-        self, spriteName: str, mapping: PortMapping, *, interface: str | None = None
+        self,
+        spriteName: str,
+        mapping: PortMapping,
+        *,
+        interface: str | None = None,
+        listenOn: IStreamServerEndpoint | str | None = None,
     ) -> ProxySession:
         """
         A L{ProxySession} for C{mapping}, not yet listening (add it to a
         L{ProxyManager} or call its C{listen}).
+
+        :param listenOn: listen on this server endpoint (or endpoint
+            string, see L{serverEndpoint}) instead of TCP on
+            C{mapping.localPort}.
+        :raises SpritesError: for a bad name or mapping; C{ValueError}
+            naming a bad endpoint string.
         """
         if not isinstance(mapping, PortMapping):
             raise MappingError(mapping, "expected a PortMapping")
+        checkSpriteName(spriteName)
+        description = None
+        if isinstance(listenOn, str):
+            description = listenOn
+            listenOn = serverEndpoint(self._reactor, listenOn)
         return ProxySession(
             self._reactor,
             spriteName,
             mapping,
             self.endpoint(spriteName, mapping.remotePort, mapping.remoteHost),
             interface=interface or self.interface,
+            listenOn=listenOn,
+            localDescription=description,
             drainTimeout=self.drainTimeout,
             lingerTimeout=self.lingerTimeout,
+            check=(lambda: self.checkSprite(spriteName)) if self.check else None,
         )
+
+    def forward(
+        self,
+        spriteName: str,
+        serverEndpoint: IStreamServerEndpoint | str,
+        remotePort: int,
+        remoteHost: str = "",
+    ) -> Deferred[ProxySession]:
+        """
+        Forward connections accepted on C{serverEndpoint} (any Twisted
+        server endpoint, or an endpoint string such as
+        ``unix:/tmp/pg.sock``, ``tcp6:8080:interface=\\:\\:1`` or
+        ``systemd:domain=INET:index=0``) to C{remoteHost}:C{remotePort} in
+        the sprite.  Fires with the listening session.
+        """
+        try:
+            session = self.session(
+                spriteName, PortMapping(0, remotePort, remoteHost), listenOn=serverEndpoint
+            )
+        except BaseException:
+            return defer.fail()
+
+        def failed(failure: Failure) -> Failure:
+            session.close(drainTimeout=0)
+            return failure
+
+        return session.listen().addErrback(failed)
 
     def proxyPort(
         self,
@@ -354,6 +454,20 @@ class Sprite:
         See L{SpritesClient.endpoint}.
         """
         return self.client.endpoint(self.name, remotePort, remoteHost)
+
+    def forward(
+        self, serverEndpoint: IStreamServerEndpoint | str, remotePort: int, remoteHost: str = ""
+    ) -> Deferred[ProxySession]:
+        """
+        See L{SpritesClient.forward}.
+        """
+        return self.client.forward(self.name, serverEndpoint, remotePort, remoteHost)
+
+    def check(self) -> Deferred[dict[str, Any]]:
+        """
+        See L{SpritesClient.checkSprite}.
+        """
+        return self.client.checkSprite(self.name)
 
     # Issue 12
 

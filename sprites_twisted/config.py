@@ -143,7 +143,7 @@ def parseAPIURL(url: str, *, allowInsecure: bool = False) -> APIEndpoint:
         raise ConfigurationError(
             f"API URL {url!r} is not encrypted and {host} is not a loopback address: "
             "the token would travel in clear text. Use https://, or allow it "
-            "explicitly (--allow-insecure / allowInsecure=True)"
+            "explicitly (allowInsecure=True)"
         )
     if port is None:
         port = 443 if secure else 80
@@ -194,7 +194,7 @@ def checkToken(token: object) -> str:
         would break (or inject into) the HTTP header.
     """
     if not isinstance(token, str) or not token.strip():
-        raise ConfigurationError("no Sprites token: set SPRITE_TOKEN (or use --token-file PATH)")
+        raise ConfigurationError("no Sprites token: set SPRITE_TOKEN (or SPRITES_TOKEN)")
     token = token.strip()
     if any(ord(c) < 0x21 or ord(c) > 0x7E for c in token):
         raise ConfigurationError(

@@ -8,8 +8,8 @@ It starts three things on 127.0.0.1, on free ports:
 
 1. ``twistd sprites-local``: the Sprites proxy API, served locally;
 2. a small HTTP service, standing in for a web server inside a sprite;
-3. ``twistd sprites-proxy``: a local port forwarded through a tunnel (a
-   WebSocket to sprites-local) to that service, exactly as it would be
+3. the ``sprites-proxy`` command: a local port forwarded through a tunnel
+   (a WebSocket to sprites-local) to that service, exactly as it would be
    forwarded into a real sprite.
 
 It fetches one page through the forwarded port, prints it and the command
@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater, react
 from twisted.python.failure import Failure
 
-__all__ = ["TwistdProcess", "freePort", "waitForPort", "main"]
+__all__ = ["TwistdProcess", "CommandProcess", "freePort", "waitForPort", "main"]
 
 #: Runs twistd with the interpreter running us, so that the same virtualenv
 #: (and the same sprites_twisted) is used whatever is on PATH.  SIGINT is
@@ -50,9 +51,16 @@ TWISTD = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "from twisted.scripts.twistd import run; run()"
 )
+#: Runs the sprites-proxy command in a process group of its own, so that
+#: Ctrl-C in a terminal reaches only the demo, which then stops it with one
+#: SIGTERM (a second signal would make it exit at once, mid-drain).
+COMMAND = "import os; os.setpgrp(); from sprites_twisted.cli import main; main()"
 PAGE = b"Hello from inside the sprite!\n"
 SPRITE = "demo"
 _LOG_LINE = re.compile(r"^\S+ \[(?P<source>[^\]#]*)(#(?P<level>\w+))?\] (?P<message>.*)$")
+#: A line of the sprites-proxy command's log: a timestamp and the message
+#: (it shows only its own lines and problems already).
+_COMMAND_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+ (?P<message>.*)$")
 
 
 def freePort() -> int:
@@ -151,6 +159,17 @@ class TwistdProcess(ProcessProtocol):
         return self.ended
 
 
+class CommandProcess(TwistdProcess):
+    """
+    The ``sprites-proxy`` console script (:mod:`sprites_twisted.cli`) in a
+    child process, run with the interpreter running us.
+    """
+
+    @staticmethod
+    def commandLine(args: Sequence[str]) -> list[str]:
+        return [sys.executable, "-c", COMMAND, *args]
+
+
 async def waitForPort(
     reactor: Any,
     port: int,
@@ -247,6 +266,10 @@ def _childLine(name: str) -> Callable[[str], None]:
 
     def show(line: str) -> None:
         match = _LOG_LINE.match(line)
+        command = _COMMAND_LINE.match(line)
+        if match is None and command is not None:
+            _say(f"    [{name}] {command['message']}")
+            return
         if match is None:
             if line.strip():
                 _say(f"    [{name}] {line}")
@@ -277,7 +300,7 @@ async def run(reactor: Any, once: bool) -> int:
     apiPort, localPort = freePort(), freePort()
     env["SPRITES_API_URL"] = f"http://127.0.0.1:{apiPort}"
     localArgs = ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"]
-    proxyArgs = ["sprites-proxy", "--sprite", SPRITE, f"{localPort}:{servicePort}"]
+    proxyArgs = ["--sprite", SPRITE, f"{localPort}:{servicePort}"]
 
     _say("sprites-twisted demo: a tunnel into a sprite, all on this machine.")
     _say()
@@ -288,14 +311,14 @@ async def run(reactor: Any, once: bool) -> int:
     _say(f"  sprites-proxy  127.0.0.1:{localPort} -> tunnel -> port {servicePort} in the sprite:")
     _say(
         f"                 SPRITE_TOKEN=... SPRITES_API_URL=http://127.0.0.1:{apiPort} "
-        f"twistd -n --pidfile= {' '.join(proxyArgs)}"
+        f"sprites-proxy {' '.join(proxyArgs)}"
     )
     _say()
     _say("Their logs, as they come ([name] message):")
 
     children = [
         TwistdProcess("sprites-local", _childLine("sprites-local")),
-        TwistdProcess("sprites-proxy", _childLine("sprites-proxy")),
+        CommandProcess("sprites-proxy", _childLine("sprites-proxy")),
     ]
     stopping: list[Deferred[Any]] = []
 
@@ -348,7 +371,10 @@ async def run(reactor: Any, once: bool) -> int:
         _say("Forwarding until Ctrl-C.")
         await Deferred()  # until Ctrl-C; the shutdown trigger stops the children
     await stopChildren()
-    return 0 if [child.exitCode for child in children] == [0, 0] else 1
+    # The command exits 0 after a drained stop; twistd exits by the signal
+    # it was stopped with, as is its convention.
+    clean = children[1].exitCode == 0 and children[0].exitCode in (0, -signal.SIGTERM)
+    return 0 if clean else 1
 
 
 async def _main(reactor: Any, *argv: str) -> None:

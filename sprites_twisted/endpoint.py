@@ -30,7 +30,7 @@ from sprites_twisted.config import (
     proxyPath,
 )
 from sprites_twisted.errors import APIUnreachableError, TunnelTimeoutError
-from sprites_twisted.mapping import checkHost, checkPort
+from sprites_twisted.mapping import checkHost, checkPort, formatTarget
 from sprites_twisted.tls import apiTransportEndpoint, loadTrustRoot
 from sprites_twisted.tunnel import AttemptFactory, Tunnel, TunnelClientFactory
 from sprites_twisted.wire import encodeInit
@@ -111,7 +111,7 @@ class SpriteProxyEndpoint:
     def __repr__(self) -> str:
         return (
             f"<SpriteProxyEndpoint {self.spriteName} "
-            f"{self._peerAddress.host}:{self.remotePort} via {self._api.describe()}>"
+            f"{formatTarget(self._peerAddress.host, self.remotePort)} via {self._api.describe()}>"
         )
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
@@ -16,10 +17,13 @@ if TYPE_CHECKING:
 __all__ = ["IProxySession", "IResettableTransport"]
 
 
-class IProxySession(Interface):
+class IProxySession(IService):
     """
     A forwarded port: one local listener whose connections are tunnelled
     to a port inside a sprite (the Go SDK's ``ProxySession``).
+
+    It is an C{IService}: starting it listens, stopping it is L{close}.
+    A session that was stopped can be started again.
     """
 
     spriteName = Attribute("The sprite's name (str).")

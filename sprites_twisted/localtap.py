@@ -20,12 +20,11 @@ import sys
 from typing import IO, Any
 
 from twisted.application import strports
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
+from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from sprites_twisted._twistd import CommandService, TokenOptions
+from sprites_twisted._twistd import TokenOptions, checkServerEndpoint
 from sprites_twisted.config import checkSpriteName, isLoopbackHost
 from sprites_twisted.errors import ConfigurationError
 from sprites_twisted.mapping import checkHost
@@ -128,16 +127,7 @@ class Options(TokenOptions):
                 f"--max-tunnels {self['max-tunnels']!r}: expected a whole number, 1 or more"
             )
         self["max-tunnels"] = maxTunnels
-        try:
-            # Endpoint objects only keep the reactor until they listen, so a
-            # MemoryReactor checks the string (and loads any certificate)
-            # without binding anything.
-            serverFromString(MemoryReactor(), self["listen"])
-        except Exception as e:  # noqa: BLE001 - any parse error is a usage error
-            raise usage.UsageError(
-                f"--listen {self['listen']!r}: {e}; expected a Twisted server endpoint "
-                "string such as tcp:8900:interface=127.0.0.1"
-            ) from None
+        checkServerEndpoint("--listen", self["listen"])
         self.token = self.readToken()
         if self.token is None:
             self.token = secrets.token_urlsafe(32)
@@ -158,7 +148,7 @@ def _listenInterface(description: str) -> str | None:
     return ""
 
 
-def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) -> Any:
+def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) -> IService:
     """
     The service ``twistd sprites-local`` runs: the server's factory on the
     ``--listen`` endpoint, through ``strports.service`` so that a busy port
@@ -204,10 +194,12 @@ def _makeService(options: Options, reactor: Any, stdout: IO[str] | None = None) 
     return strports.service(options["listen"], server.factory(), reactor=reactor)
 
 
-def makeService(options: Options) -> CommandService:
+def makeService(options: Options) -> IService:
     """
-    Called by twistd with the parsed options.
+    Called by twistd with the parsed options: the server's factory on the
+    ``--listen`` endpoint (``strports.service``, so that a busy port stops
+    twistd at start-up, as twistd does).
     """
     from twisted.internet import reactor
 
-    return CommandService("sprites-local", reactor, _makeService(options, reactor))
+    return _makeService(options, reactor)

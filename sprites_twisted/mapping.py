@@ -21,12 +21,16 @@ __all__ = [
     "parseAddress",
     "checkHost",
     "checkPort",
+    "checkBindAddress",
     "bracketHost",
     "formatTarget",
 ]
 
 _MAX_HOST_LENGTH = 253
-_EXPECTED = "expected PORT, LOCAL:REMOTE or LOCAL:HOST:REMOTE (IPv6 host in brackets)"
+_EXPECTED = (
+    "expected PORT, LOCAL:REMOTE, LOCAL:HOST:REMOTE or BIND:LOCAL:HOST:REMOTE "
+    "(IPv6 addresses in brackets)"
+)
 
 
 def bracketHost(host: str) -> str:
@@ -90,6 +94,29 @@ def checkHost(host: str) -> str:
     return host
 
 
+def checkBindAddress(address: str) -> str:
+    """
+    Validate a local bind address and return it without brackets.
+
+    An IPv4 or IPv6 literal, or ``localhost`` (both loopback families);
+    C{""} is left as is (it means "the caller's default").
+
+    :raises ValueError: for anything else (names are not resolved).
+    """
+    if not isinstance(address, str):
+        raise ValueError(f"bind address {address!r} is not a string")
+    text = address.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text in ("", "localhost"):
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"bind address {address!r} is not an IP address or 'localhost'") from None
+    return text
+
+
 @dataclass(frozen=True)
 class PortMapping:
     """
@@ -99,7 +126,9 @@ class PortMapping:
     Fields follow the Go SDK's ``PortMapping{LocalPort, RemotePort,
     RemoteHost}``.  C{remoteHost} C{""} means ``localhost`` in the sprite;
     IPv6 literals are stored without brackets (brackets given are removed).
-    C{localPort} 0 asks the system for a free port.
+    C{localPort} 0 asks the system for a free port.  C{bindAddress} is the
+    local address to listen on, as ``ssh -L BIND:...`` takes it; C{""}
+    leaves the choice to the caller (loopback by default).
 
     :raises MappingError: when a field is out of range or malformed.
     """
@@ -107,6 +136,7 @@ class PortMapping:
     localPort: int
     remotePort: int
     remoteHost: str = ""
+    bindAddress: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -121,6 +151,11 @@ class PortMapping:
             host = checkHost(self.remoteHost)
         except ValueError as e:
             raise MappingError(self.remoteHost, str(e)) from None
+        try:
+            bind = checkBindAddress(self.bindAddress)
+        except ValueError as e:
+            raise MappingError(self.bindAddress, str(e)) from None
+        object.__setattr__(self, "bindAddress", bind)
         object.__setattr__(self, "localPort", local)
         object.__setattr__(self, "remotePort", remote)
         object.__setattr__(self, "remoteHost", host)
@@ -139,41 +174,76 @@ class PortMapping:
         return formatTarget(self.targetHost, self.remotePort)
 
 
+def _splitColons(text: str) -> list[str] | None:
+    """
+    Split C{text} on the colons outside brackets; C{None} when brackets
+    are unbalanced or nested, or a bracketed part is not a whole field.
+    """
+    parts: list[str] = []
+    current = ""
+    inside = False
+    for ch in text:
+        if ch == "[":
+            if inside or current:
+                return None
+            inside = True
+        elif ch == "]":
+            if not inside:
+                return None
+            inside = False
+        elif ch == ":" and not inside:
+            parts.append(current)
+            current = ""
+            continue
+        elif current.endswith("]"):
+            return None
+        current += ch
+    if inside:
+        return None
+    parts.append(current)
+    return parts
+
+
 def parseMapping(text: str) -> PortMapping:
     """
     Parse a mapping as the official ``sprite proxy`` command and our
-    ``--map`` option take it.
+    ``--map`` option take it, plus the ``ssh -L`` form with a bind address.
 
     Forms: ``PORT`` (same port both sides), ``LOCAL:REMOTE``,
     ``LOCAL:HOST:REMOTE`` where HOST is a name, an IPv4 literal or a
-    bracketed IPv6 literal (``5433:[fdf::1]:5432``).
+    bracketed IPv6 literal (``5433:[fdf::1]:5432``), and
+    ``BIND:LOCAL:HOST:REMOTE`` where BIND is an IP literal (IPv6 in
+    brackets) or ``localhost`` (``127.0.0.2:8080:web:80``,
+    ``[::1]:8080:localhost:80``).
 
     :raises MappingError: naming C{text} and the expected forms.
     """
     if not isinstance(text, str) or not text.strip():
         raise MappingError(text, f"empty; {_EXPECTED}")
     raw = text.strip()
-    if "[" in raw:
-        # LOCAL:[v6]:REMOTE
-        head, sep, rest = raw.partition(":[")
-        inner, sep2, tail = rest.partition("]:")
-        if not sep or not sep2 or "[" in head or "]" in tail:
-            raise MappingError(text, _EXPECTED)
-        parts = [head, f"[{inner}]", tail]
-    else:
-        parts = raw.split(":")
+    split = _splitColons(raw)
+    if split is None:
+        raise MappingError(text, f"unbalanced or misplaced brackets; {_EXPECTED}")
+    parts = [part[1:-1] if part.startswith("[") else part for part in split]
+    bracketed = [part.startswith("[") for part in split]
+    bind = host = ""
     if len(parts) == 1:
         local = remote = parts[0]
-        host = ""
     elif len(parts) == 2:
         local, remote = parts
-        host = ""
     elif len(parts) == 3:
         local, host, remote = parts
         if not host:
             raise MappingError(text, f"empty host; {_EXPECTED}")
+    elif len(parts) == 4:
+        bind, local, host, remote = parts
+        if not host:
+            raise MappingError(text, f"empty host; {_EXPECTED}")
     else:
-        raise MappingError(text, f"too many ':' (an IPv6 host needs brackets); {_EXPECTED}")
+        raise MappingError(text, f"too many ':' (an IPv6 address needs brackets); {_EXPECTED}")
+    portIndexes = {1: [0], 2: [0, 1], 3: [0, 2], 4: [1, 3]}[len(parts)]
+    if any(bracketed[i] for i in portIndexes):
+        raise MappingError(text, f"a port cannot be in brackets; {_EXPECTED}")
     try:
         localPort = checkPort(local, allowZero=len(parts) > 1)
     except ValueError as e:
@@ -183,10 +253,19 @@ def parseMapping(text: str) -> PortMapping:
     except ValueError as e:
         raise MappingError(text, f"remote {e}; {_EXPECTED}") from None
     try:
-        host = checkHost(host)
+        if host and bracketed[-2]:
+            host = checkHost(f"[{host}]")
+        else:
+            host = checkHost(host)
     except ValueError as e:
         raise MappingError(text, str(e)) from None
-    return PortMapping(localPort, remotePort, host)
+    try:
+        bind = checkBindAddress(bind)
+        if len(parts) == 4 and not bind:
+            raise ValueError("empty bind address")
+    except ValueError as e:
+        raise MappingError(text, f"{e}; {_EXPECTED}") from None
+    return PortMapping(localPort, remotePort, host, bind)
 
 
 def parseAddress(address: str) -> tuple[str, int]:

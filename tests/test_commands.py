@@ -112,7 +112,8 @@ class CommandsTests(TestCase):
         Bytes go through sprites-proxy and sprites-local to a local service;
         a tunnel the server refuses is logged with its reason; on SIGTERM the proxy stops listening at once, lets an open
         connection go on until the drain timeout, then closes it, and both
-        commands exit 0; neither ever prints the token.
+        commands exit as twistd does after SIGTERM (by that signal); neither
+        ever prints the token.
         """
         echoPort = await self.echoServer()
         apiPort, localPort, deadLocal, deadPort = freePort(), freePort(), freePort(), freePort()
@@ -164,8 +165,8 @@ class CommandsTests(TestCase):
         self.assertEqual(await client.receive(17).addTimeout(5, reactor), b"hello sprite+more")
         # ...and is closed when the drain time is over.
         await client.closed.addTimeout(10, reactor)
-        self.assertEqual(await proxy.ended, 0, proxy.output.decode())
-        self.assertEqual(await local.terminate(), 0, local.output.decode())
+        self.assertEqual(await proxy.ended, -15, proxy.output.decode())
+        self.assertEqual(await local.terminate(), -15, local.output.decode())
 
         proxyLog = proxy.output.decode()
         self.assertIn(f"forwarding 127.0.0.1:{localPort} -> demo localhost:{echoPort}", proxyLog)
@@ -180,14 +181,17 @@ class CommandsTests(TestCase):
 
     async def test_busyPort(self) -> None:
         """
-        A local port already in use stops sprites-proxy at start-up with a
-        non-zero exit and a one-line message naming the address.
+        A local port already in use stops twistd sprites-proxy at start-up
+        (twistd's exit code), with the error naming the address logged; the
+        unreachable API only gets a warning from the check.
         """
         busyPort = await self.echoServer()
         env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL="http://127.0.0.1:1")
         out, err, code = await run(["sprites-proxy", "-s", "demo", str(busyPort)], env)
-        self.assertNotEqual(code, 0)
-        self.assertIn(f"sprites-proxy: Couldn't listen on 127.0.0.1:{busyPort}".encode(), err)
+        self.assertIn(
+            f"not forwarding: Couldn't listen on 127.0.0.1:{busyPort}".encode(), out + err
+        )
+        self.assertIn(b"could not check the sprite before listening", out + err)
         self.assertNotIn(b"Traceback", out + err)
 
     async def test_usageError(self) -> None:
@@ -199,3 +203,14 @@ class CommandsTests(TestCase):
         out, err, code = await run(["sprites-proxy", "-s", "demo", "70000"], env)
         self.assertEqual(code, 1)
         self.assertIn(b"invalid port mapping '70000'", out + err)
+
+    async def test_listenPortOutOfRange(self) -> None:
+        """
+        ``twistd sprites-local --listen tcp:99999`` is a usage error naming
+        the port, not a traceback.
+        """
+        out, err, code = await run(["sprites-local", "--listen", "tcp:99999"], childEnvironment())
+        self.assertEqual(code, 1)
+        self.assertIn(b"--listen 'tcp:99999': port 99999 is outside 0..65535", out + err)
+        self.assertNotIn(b"Traceback", out + err)
+        self.assertNotIn(b"OverflowError", out + err)

@@ -30,7 +30,9 @@ class DemoRunTests(TestCase):
     async def test_once(self) -> None:
         """
         The demo fetches the page through a real tunnel, prints it and the
-        command to try, then stops both commands, which exit 0.
+        command to try, then stops both: the sprites-proxy command exits 0
+        after its drained stop, twistd sprites-local by SIGTERM (twistd's
+        convention).
         """
         env = {k: v for k, v in os.environ.items() if k not in ("SPRITE_TOKEN", "SPRITES_TOKEN")}
         env["PYTHONPATH"] = ROOT
@@ -51,7 +53,7 @@ class DemoRunTests(TestCase):
         self.assertRegex(
             text, r"\[sprites-proxy\] forwarding 127\.0\.0\.1:\d+ -> demo localhost:\d+"
         )
-        self.assertIn("Stopped: sprites-proxy exited 0, sprites-local exited 0.", text)
+        self.assertIn("Stopped: sprites-proxy exited 0, sprites-local exited -15.", text)
         self.assertEqual(os.listdir(cwd), [], "the demo must leave no pid or log file behind")
 
 
@@ -81,6 +83,9 @@ class DemoPieceTests(SynchronousTestCase):
         show("2026-01-01T00:00:00+0000 [twisted.scripts._twistd_unix.UnixAppLogger#info] starting")
         show("2026-01-01T00:00:00+0000 [-] Site starting on 1")
         show("2026-01-01T00:00:00+0000 [stderr#error] oops")
+        show("2026-01-01T00:00:00+0000 stopped forwarding x")
         self.assertEqual(
-            out.getvalue(), "    [sprites-proxy] forwarding x\n    [sprites-proxy] oops\n"
+            out.getvalue(),
+            "    [sprites-proxy] forwarding x\n    [sprites-proxy] oops\n"
+            "    [sprites-proxy] stopped forwarding x\n",
         )

@@ -566,6 +566,7 @@ class SessionLifecycleTests(TestCase):
         for mapping in [PortMapping(0, remote), PortMapping(0, remote)]:
             manager.addSession(client.session("demo", mapping))
         manager.startService()
+        await manager.whenReady()  # the sprite was checked, then both listen
         session = manager.sessions[0]
         waited = session.wait()
         local = Tracked()

@@ -32,6 +32,7 @@ def parse(args: list[str], environ: dict[str, str] | None = None) -> Options:
 BAD = [
     (["--listen", "nosuch:1"], ["--listen 'nosuch:1'", "server endpoint string"]),
     (["--listen", "tcp:notaport"], ["--listen 'tcp:notaport'"]),
+    (["--listen", "tcp:99999"], ["--listen 'tcp:99999'", "port 99999 is outside 0..65535"]),
     (["--max-tunnels", "0"], ["--max-tunnels '0'", "1 or more"]),
     (["--max-tunnels", "many"], ["--max-tunnels 'many'"]),
     (["--sprite", ""], ["sprite name ''"]),

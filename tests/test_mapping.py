@@ -93,6 +93,10 @@ class ParseMappingTests(SynchronousTestCase):
             "5433:10.0.0.2:5432": PortMapping(5433, 5432, "10.0.0.2"),
             "5433:[fdf::1]:5432": PortMapping(5433, 5432, "fdf::1"),
             " 80:8080 ": PortMapping(80, 8080),
+            "127.0.0.2:8080:web:80": PortMapping(8080, 80, "web", "127.0.0.2"),
+            "[::1]:8080:localhost:80": PortMapping(8080, 80, "localhost", "::1"),
+            "[::1]:8080:[fdf::1]:80": PortMapping(8080, 80, "fdf::1", "::1"),
+            "localhost:0:db:5432": PortMapping(0, 5432, "db", "localhost"),
         }
         for text, expected in cases.items():
             self.assertEqual(parseMapping(text), expected, text)
@@ -116,10 +120,25 @@ class ParseMappingTests(SynchronousTestCase):
             "-1:2",
             "1:[zz]:2",
             "1:ho st:2",
+            "example.com:1:h:2",
+            "::1:8080:h:80",
+            ":8080:h:80",
+            "[::1]:8080:80",
+            "x[::1]:1:h:2",
+            "1:2:3:4:5",
         ]:
             with self.assertRaises(MappingError, msg=text) as ctx:
                 parseMapping(text)
             self.assertIn(repr(text), str(ctx.exception))
+
+    def test_bindAddressNamed(self) -> None:
+        """
+        A bind address that is not an IP literal or localhost is named in
+        the error (as ``ssh -L`` users write it).
+        """
+        with self.assertRaises(MappingError) as ctx:
+            parseMapping("example.com:8080:web:80")
+        self.assertIn("bind address 'example.com'", str(ctx.exception))
 
     def test_messageSaysWhatIsExpected(self) -> None:
         """

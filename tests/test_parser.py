@@ -105,6 +105,24 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(self.parse("db", "5432", remoteHost="[fdf::1]").remoteHost, "fdf::1")
         self.assertEqual(self.parse("db", "5432", remoteHost="fdf::1").remoteHost, "fdf::1")
 
+    def test_bracketedIPv6String(self) -> None:
+        """
+        In a whole endpoint string, ``remoteHost=[\\:\\:1]`` (colons
+        escaped, as Twisted requires) is ::1, and the repr shows it in
+        brackets.
+        """
+        tokenFile = self.mktemp()
+        with open(tokenFile, "w") as f:
+            f.write(TOKEN)
+        os.chmod(tokenFile, 0o600)
+        endpoint = clientFromString(
+            MemoryReactor(),
+            "sprite:db:22:remoteHost=[\\:\\:1]:apiURL=http\\://127.0.0.1\\:8900"
+            f":tokenFile={tokenFile}",
+        )
+        self.assertEqual(endpoint.remoteHost, "::1")
+        self.assertIn("db [::1]:22 via 127.0.0.1:8900", repr(endpoint))
+
     def test_errors(self) -> None:
         """
         Bad strings raise a ConfigurationError (a ValueError) naming the bad

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from sprites_twisted import IProxySession, PortMapping, ProxyManager, ProxySession, SpritesClient
-from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
+from sprites_twisted.errors import (
+    AddressError,
+    APIUnreachableError,
+    ConfigurationError,
+    MappingError,
+    SpriteAuthError,
+)
 from sprites_twisted.testing import TEST_TOKEN, FakeProxySession, MemorySprite
 from tests.helpers import Echo
 
@@ -177,10 +184,10 @@ class SessionTests(SynchronousTestCase):
         self.successResultOf(session.stopService())
         self.successResultOf(session.wait())
 
-    def test_listenFailureLoggedOrRaised(self) -> None:
+    def test_listenFailureLogged(self) -> None:
         """
-        startService logs a listen failure, or raises it when asked to
-        (twistd start-up).
+        startService logs a listen failure naming the port; the session is
+        then closed.
         """
         reactor = FailingListenReactor({8080})
         client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900")
@@ -191,9 +198,63 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(len(errors), 1)
         self.assertIn("8080", errors[0]["error"])
         self.successResultOf(session.wait())
-        session = client.session("demo", PortMapping(8080, 80))
-        session._raiseSynchronously = True
-        self.assertRaises(CannotListenError, session.startService)
+        self.failureResultOf(session.listen(), CannotListenError)
+
+    def test_restart(self) -> None:
+        """
+        A stopped session starts again: it listens anew, and wait() waits
+        for the new close.
+        """
+        session = self.client.session("demo", PortMapping(8080, 80))
+        session.startService()
+        self.successResultOf(session.stopService())
+        self.assertIsNone(session.localAddr())
+        session.startService()
+        self.assertTrue(session.running)
+        self.assertEqual([p[0] for p in self.reactor.tcpServers], [8080, 8080])
+        self.assertEqual(session.localAddr().port, 8080)
+        waiting = session.wait()
+        self.assertNoResult(waiting)
+        self.successResultOf(session.stopService())
+        self.successResultOf(waiting)
+        self.assertEqual([p.disconnected for p in self.reactor.ports], [True, True])
+
+    def test_listenWhileClosing(self) -> None:
+        """
+        listen() during the drain of a close listens once the close is
+        done.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 8080, 80))
+        proto = session.factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        session.close()
+        listening = session.listen()
+        self.assertNoResult(listening)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(self.successResultOf(listening), session)
+        self.assertEqual(len(self.reactor.tcpServers), 2)
+
+    def test_localhostBothFamilies(self) -> None:
+        """
+        Binding ``localhost`` listens on 127.0.0.1 and on ::1, the second on
+        the port the first got; closing stops both.
+        """
+        session = self.successResultOf(self.client.proxyPort("demo", 0, 80, interface="localhost"))
+        self.assertEqual(
+            [(p, i) for p, _, _, i in self.reactor.tcpServers], [(0, "127.0.0.1"), (43210, "::1")]
+        )
+        self.successResultOf(session.close())
+        self.assertEqual([p.disconnected for p in self.reactor.ports], [True, True])
+
+    def test_bindAddressFromMapping(self) -> None:
+        """
+        A mapping's own bind address (BIND:LOCAL:HOST:REMOTE) wins over the
+        client's interface.
+        """
+        session = self.client.session("demo", PortMapping(8080, 80, "web", "127.0.0.2"))
+        self.successResultOf(session.listen())
+        self.assertEqual(self.reactor.tcpServers[0][3], "127.0.0.2")
+        self.assertEqual(session.describeLocal(), "127.0.0.2:8080")
 
     def test_nonLoopbackWarns(self) -> None:
         """
@@ -204,6 +265,52 @@ class SessionTests(SynchronousTestCase):
         warnings = [e for e in events if e["log_level"].name == "warn"]
         self.assertEqual(len(warnings), 1)
         self.assertIn("anyone", warnings[0]["log_format"])
+
+
+class ForwardTests(SynchronousTestCase):
+    """
+    L{SpritesClient.forward}: any server endpoint as the local side.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+
+    def test_unixSocket(self) -> None:
+        """
+        An endpoint string listens there; a Unix socket gets mode 0600 and
+        the session names it in logs.
+        """
+        session = self.successResultOf(self.client.forward("demo", "unix:/tmp/pg.sock", 5432))
+        [(path, factory, backlog, mode, wantPID)] = self.reactor.unixServers
+        self.assertEqual((path, mode), ("/tmp/pg.sock", 0o600))
+        self.assertIs(factory, session.factory)
+        self.assertEqual(session.describeLocal(), "unix:/tmp/pg.sock")
+        self.assertEqual((session.remotePort, session.remoteHost), (5432, ""))
+        self.successResultOf(session.close())
+
+    def test_explicitMode(self) -> None:
+        """
+        A mode given in the string is kept.
+        """
+        self.successResultOf(self.client.forward("demo", "unix:/tmp/pg.sock:mode=660", 5432))
+        self.assertEqual(self.reactor.unixServers[0][3], 0o660)
+
+    def test_endpointObject(self) -> None:
+        """
+        An IStreamServerEndpoint object is used as it is.
+        """
+        endpoint = TCP6ServerEndpoint(self.reactor, 8080, interface="::1")
+        session = self.successResultOf(self.client.sprite("demo").forward(endpoint, 80, "web"))
+        self.assertEqual([(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "::1")])
+        self.assertIs(session.listenOn, endpoint)
+
+    def test_badString(self) -> None:
+        """
+        A string Twisted cannot parse fails the Deferred, naming it.
+        """
+        failure = self.failureResultOf(self.client.forward("demo", "bogus:1", 80), ValueError)
+        self.assertIn("'bogus:1'", str(failure.value))
 
 
 class ProxyPortsTests(SynchronousTestCase):
@@ -413,7 +520,7 @@ class ManagerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = FailingListenReactor()
-        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900")
+        self.client = SpritesClient(self.reactor, TEST_TOKEN, "http://127.0.0.1:8900", check=False)
 
     def test_startStop(self) -> None:
         """
@@ -452,6 +559,96 @@ class ManagerTests(SynchronousTestCase):
         manager.addSession(self.client.session("demo", PortMapping(0, 82)))
         manager.addSession(self.client.session("demo", PortMapping(0, 83)))
         self.assertEqual(len(manager.sessions), 3)
+
+    def test_checkBeforeListening(self) -> None:
+        """
+        A started manager runs its sessions' checks (once per sprite) and
+        listens only when they pass; whenReady fires then.
+        """
+        checks: list[Deferred[None]] = []
+
+        def check() -> Deferred[None]:
+            checks.append(Deferred())
+            return checks[-1]
+
+        manager = ProxyManager()
+        for port in (8001, 8002):
+            session = self.client.session("demo", PortMapping(port, 80))
+            session.check = check
+            manager.addSession(session)
+        ready = manager.whenReady()
+        manager.startService()
+        self.assertEqual(len(checks), 1)
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertNoResult(ready)
+        checks[0].callback(None)
+        self.assertEqual([t[0] for t in self.reactor.tcpServers], [8001, 8002])
+        self.successResultOf(ready)
+        self.successResultOf(manager.whenReady())
+        self.successResultOf(manager.stopService())
+
+    def test_checkRefusalStopsStartUp(self) -> None:
+        """
+        A check that says the token is bad: nothing listens, whenReady
+        fails with that error, and it is logged.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        manager = ProxyManager()
+        session = self.client.session("demo", PortMapping(8001, 80))
+        session.check = lambda: fail(SpriteAuthError(401))
+        manager.addSession(session)
+        manager.startService()
+        self.failureResultOf(manager.whenReady(), SpriteAuthError)
+        self.assertEqual(self.reactor.tcpServers, [])
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("rejected the token", errors[0])
+        self.successResultOf(manager.stopService())
+
+    def test_checkInconclusiveStartsAnyway(self) -> None:
+        """
+        A check that cannot tell (the API is unreachable) is a warning, and
+        the sessions listen.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        manager = ProxyManager()
+        session = self.client.session("demo", PortMapping(8001, 80))
+        session.check = lambda: fail(APIUnreachableError("127.0.0.1:1", "refused"))
+        manager.addSession(session)
+        manager.startService()
+        self.successResultOf(manager.whenReady())
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("starting anyway", warnings[0])
+        self.successResultOf(manager.stopService())
+
+    def test_noCheck(self) -> None:
+        """
+        ProxyManager(check=False) listens without running checks.
+        """
+        manager = ProxyManager(check=False)
+        session = self.client.session("demo", PortMapping(8001, 80))
+        session.check = lambda: fail(SpriteAuthError(401))
+        manager.addSession(session)
+        manager.startService()
+        self.successResultOf(manager.whenReady())
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.successResultOf(manager.stopService())
+
+    def test_listenFailureReported(self) -> None:
+        """
+        whenReady fails with a session's listen failure.
+        """
+        reactor = FailingListenReactor({8002})
+        client = SpritesClient(reactor, TEST_TOKEN, "http://127.0.0.1:8900", check=False)
+        manager = ProxyManager()
+        for port in (8001, 8002):
+            manager.addSession(client.session("demo", PortMapping(port, 80)))
+        manager.startService()
+        failure = self.failureResultOf(manager.whenReady(), CannotListenError)
+        self.assertEqual(failure.value.port, 8002)
+        self.flushLoggedErrors()
+        self.successResultOf(manager.stopService())
 
     def test_closeAllAndWaitAll(self) -> None:
         """

@@ -63,6 +63,18 @@ GOOD = [
     ),
     (["-s", "db", "0:80", "0:81"], None, [PortMapping(0, 80), PortMapping(0, 81)]),
     (["-s", "db", "5432"], {"SPRITES_TOKEN": TOKEN}, [PortMapping(5432, 5432)]),
+    # Options after mappings are options, not mappings.
+    (
+        ["8080:80", "-s", "db", "--bind", "::1", "81"],
+        None,
+        [PortMapping(8080, 80), PortMapping(81, 81)],
+    ),
+    (["5432", "--sprite=db"], None, [PortMapping(5432, 5432)]),
+    (
+        ["-s", "db", "127.0.0.2:8080:web:80", "[::1]:8080:localhost:80"],
+        None,
+        [PortMapping(8080, 80, "web", "127.0.0.2"), PortMapping(8080, 80, "localhost", "::1")],
+    ),
 ]
 
 # (arguments, environment or None for ENV, texts the message must contain)
@@ -90,10 +102,30 @@ BAD = [
     (["-s", "db", "5432"], {"SPRITE_TOKEN": "two words"}, ["token contains spaces"]),
     (["-s", "db\x07", "5432"], None, ["'db\\x07'", "control characters"]),
     (
-        ["-s", "db", "--bind", "localhost", "5432"],
+        ["-s", "db", "--bind", "example.com", "5432"],
         None,
-        ["--bind 'localhost'", "IP address"],
+        ["--bind 'example.com'", "IP address", "localhost"],
     ),
+    (
+        ["-s", "db", "--listen", "unix:/tmp/x.sock"],
+        None,
+        ["--listen 'unix:/tmp/x.sock' has no --to"],
+    ),
+    (["-s", "db", "--to", "5432"], None, ["--to '5432' needs a --listen"]),
+    (
+        ["-s", "db", "--listen", "tcp:99999", "--to", "80"],
+        None,
+        ["--listen 'tcp:99999'", "port 99999 is outside 0..65535"],
+    ),
+    (["-s", "db", "--listen", "nosuch:1", "--to", "80"], None, ["--listen 'nosuch:1'"]),
+    (
+        ["-s", "db", "--listen", "unix:/tmp/x", "--to", "db:0"],
+        None,
+        ["--to 'db:0'", "outside 1..65535"],
+    ),
+    (["-s", "db", "--keepalive", "often", "5432"], None, ["--keepalive 'often'"]),
+    (["-s", "db", "--linger", "-1", "5432"], None, ["--linger '-1'"]),
+    (["-s", "db", "--no-such-option", "5432"], None, ["no-such-option"]),
     (["-s", "db", "--bind", "127.0.0.300", "5432"], None, ["--bind '127.0.0.300'"]),
     (
         ["-s", "db", "--handshake-timeout", "soon", "5432"],
@@ -216,6 +248,51 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse(["-s", "db", "--bind", "::1", "5432"])["bind"], "::1")
         self.assertEqual(parse(["-s", "db", "--bind", "[::1]", "5432"])["bind"], "::1")
 
+    def test_bindLocalhost(self) -> None:
+        """
+        --bind localhost is accepted (both loopback families).
+        """
+        self.assertEqual(parse(["-s", "db", "--bind", "localhost", "5432"])["bind"], "localhost")
+
+    def test_listenTo(self) -> None:
+        """
+        --listen ENDPOINT --to TARGET pairs make forwards, in order; the
+        target is PORT or HOST:PORT.
+        """
+        options = parse(
+            ["-s", "db", "--listen", "unix:/tmp/pg.sock", "--to", "5432"]
+            + ["--listen", "tcp6:8080:interface=\\:\\:1", "--to", "[fdf::1]:80"]
+        )
+        self.assertEqual(
+            options.forwards,
+            [
+                ("unix:/tmp/pg.sock", PortMapping(0, 5432)),
+                ("tcp6:8080:interface=\\:\\:1", PortMapping(0, 80, "fdf::1")),
+            ],
+        )
+        self.assertEqual(options.mappings, [])
+
+    def test_keepaliveAndLinger(self) -> None:
+        """
+        --keepalive and --linger are seconds (15 and 2 by default);
+        --no-keepalive is 0.
+        """
+        options = parse(["-s", "db", "5432"])
+        self.assertEqual((options["keepalive"], options["linger"]), (15.0, 2.0))
+        options = parse(["-s", "db", "--keepalive", "4", "--linger", "0.5", "5432"])
+        self.assertEqual((options["keepalive"], options["linger"]), (4.0, 0.5))
+        self.assertEqual(parse(["-s", "db", "--no-keepalive", "5432"])["keepalive"], 0.0)
+
+    def test_tokenSource(self) -> None:
+        """
+        The options say where the token came from (for messages), never
+        what it is.
+        """
+        self.assertEqual(parse(["-s", "db", "1"]).tokenSource, "$SPRITE_TOKEN")
+        self.assertEqual(
+            parse(["-s", "db", "1"], {"SPRITES_TOKEN": TOKEN}).tokenSource, "$SPRITES_TOKEN"
+        )
+
     def test_timeouts(self) -> None:
         """
         The timeouts are parsed as seconds; a drain of 0 closes at once.
@@ -292,7 +369,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def make(self, args: list[str], environ: dict[str, str] | None = None) -> ProxyManager:
-        manager = _makeService(parse(args, environ), self.reactor)
+        manager = _makeService(parse(["--no-check", *args], environ), self.reactor)
         self.addCleanup(manager.stopService)
         return manager
 
@@ -379,13 +456,50 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(endpoint._trustRoot, options.trustRoot)
         self.assertEqual(endpoint.url, "wss://sprites.example/v1/sprites/db/proxy")
 
-    def test_sessionsRaiseListenFailures(self) -> None:
+    def test_optionsReachClient(self) -> None:
         """
-        Sessions are set to raise a synchronous listen failure, so that a
-        busy port stops twistd at start-up.
+        --linger reaches the sessions and --keepalive the tunnels' endpoint.
         """
-        manager = self.make(["-s", "db", "8080:80", "8081:81"])
-        self.assertEqual([s._raiseSynchronously for s in manager], [True, True])
+        manager = self.make(["-s", "db", "--linger", "0.5", "--keepalive", "3", "8080:80"])
+        session = list(manager)[0]
+        self.assertEqual(session.factory.lingerTimeout, 0.5)
+        self.assertEqual(session.factory.endpoint._keepaliveInterval, 3.0)
+        self.assertEqual(session.check, None)
+
+    def test_checkByDefault(self) -> None:
+        """
+        Without --no-check the manager asks the API about the sprite before
+        listening: an HTTP connection to the API, and no listener yet.
+        """
+        manager = _makeService(parse(["-s", "db", "8080:80"]), self.reactor)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertEqual(
+            [(host, port) for host, port, *_ in self.reactor.tcpClients], [("127.0.0.1", 8900)]
+        )
+
+    def test_listenForward(self) -> None:
+        """
+        A --listen/--to pair listens on that endpoint; a Unix socket gets
+        mode 0600.
+        """
+        path = self.mktemp()
+        manager = self.make(["-s", "db", "--listen", f"unix:{path}", "--to", "5432"])
+        manager.startService()
+        [(address, factory, backlog, mode, wantPID)] = self.reactor.unixServers
+        self.assertEqual((address, mode), (path, 0o600))
+        session = list(manager)[0]
+        self.assertEqual(session.describeLocal(), f"unix:{path}")
+        self.assertIn(f"forwarding unix:{path} -> db localhost:5432", self.messages())
+
+    def test_fourPartBind(self) -> None:
+        """
+        BIND:LOCAL:HOST:REMOTE listens on BIND.
+        """
+        manager = self.make(["-s", "db", "127.0.0.2:8080:web:80"])
+        manager.startService()
+        self.assertEqual([(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "127.0.0.2")])
 
     def test_logsForwarding(self) -> None:
         """

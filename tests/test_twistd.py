@@ -4,47 +4,15 @@ Tests for L{sprites_twisted._twistd}: what both twistd commands share.
 
 from __future__ import annotations
 
-import errno
-import io
-import sys
-from typing import Any
-
-from twisted.application.service import Service
-from twisted.internet.error import CannotListenError
-from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.application.internet import StreamServerEndpointService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted import localtap, tap
-from sprites_twisted._twistd import CommandService, TokenOptions, positiveNumber
+from sprites_twisted._twistd import TokenOptions, checkServerEndpoint, positiveNumber
+from sprites_twisted.manager import ProxyManager
 
 TOKEN = "twistd-test-token-42"
-
-
-class BusyReactor(MemoryReactorClock):
-    """
-    A MemoryReactorClock on which some ports are already in use.
-    """
-
-    def __init__(self, busy: set[int]) -> None:
-        super().__init__()
-        self.busy = busy
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        if port in self.busy:
-            raise CannotListenError(
-                interface, port, OSError(errno.EADDRINUSE, "Address already in use")
-            )
-        return super().listenTCP(port, factory, backlog, interface)
-
-
-class FakeTwistdReactor:
-    """
-    Just the attribute twistd reads after the reactor stopped.
-    """
-
-    _exitSignal: int | None = 15
 
 
 class PositiveNumberTests(SynchronousTestCase):
@@ -103,98 +71,95 @@ class TokenOptionsTests(SynchronousTestCase):
         self.assertIn(f"token file {path!r} is empty", str(error))
 
 
-class CommandServiceTests(SynchronousTestCase):
+class AnyOrderTests(SynchronousTestCase):
     """
-    Tests for L{CommandService}.
+    L{TokenOptions.parseOptions} takes options after positional arguments.
     """
 
-    def setUp(self) -> None:
-        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        self.stderr = io.StringIO()
-        self.patch(sys, "__stderr__", self.stderr)
-        self.hooked: list[BaseException] = []
-        self.patch(sys, "excepthook", lambda kind, value, tb: self.hooked.append(value))
-
-    def proxyService(self, reactor: Any, *mappings: str) -> CommandService:
-        options = tap.Options({"SPRITE_TOKEN": TOKEN, "SPRITES_API_URL": "http://127.0.0.1:1"})
-        options.parseOptions(["-s", "db", *mappings])
-        return CommandService("sprites-proxy", reactor, tap._makeService(options, reactor))
-
-    def test_busyPortIsOneLine(self) -> None:
+    def test_optionAfterMapping(self) -> None:
         """
-        A busy local port makes start-up raise CannotListenError (so twistd
-        exits non-zero and cleans up) which the interpreter then prints as
-        one line naming the command and the address; it is also logged.
+        ``5432 -s db`` is the sprite option and one mapping, whatever the
+        order, with short and long options, ``=`` or not.
         """
-        service = self.proxyService(BusyReactor({5433}), "8080:80", "5433:5432")
-        error = self.assertRaises(CannotListenError, service.startService)
-        sys.excepthook(CannotListenError, error, None)
-        self.assertEqual(
-            self.stderr.getvalue(),
-            "sprites-proxy: Couldn't listen on 127.0.0.1:5433: "
-            "[Errno 98] Address already in use.\n",
+        for args in (
+            ["-s", "db", "5432"],
+            ["5432", "-s", "db"],
+            ["5432", "--sprite", "db"],
+            ["5432", "--sprite=db"],
+        ):
+            with self.subTest(args=args):
+                options = tap.Options({"SPRITE_TOKEN": TOKEN})
+                options.parseOptions(args)
+                self.assertEqual(options["sprite"], "db")
+                self.assertEqual([m.localPort for m in options.mappings], [5432])
+
+    def test_doubleDash(self) -> None:
+        """
+        After ``--`` everything is an argument.
+        """
+        options = tap.Options({"SPRITE_TOKEN": TOKEN})
+        error = self.assertRaises(
+            usage.UsageError, options.parseOptions, ["-s", "db", "--", "--bind"]
         )
-        errors = [formatEvent(e) for e in self.events if e["log_level"] == LogLevel.error]
-        self.assertEqual(len(errors), 1)
-        self.assertIn("127.0.0.1:5433", errors[0])
-        self.assertEqual(self.hooked, [])
+        self.assertIn("'--bind'", str(error))
 
-    def test_otherErrorsKeepTraceback(self) -> None:
+    def test_unknownOption(self) -> None:
         """
-        Exceptions other than the listen failure still reach the previous
-        hook (a traceback).
+        An unknown option is a usage error naming it.
         """
-        service = self.proxyService(BusyReactor({8080}), "8080:80")
-        self.assertRaises(CannotListenError, service.startService)
-        other = RuntimeError("boom")
-        sys.excepthook(RuntimeError, other, None)
-        self.assertEqual(self.hooked, [other])
-        self.assertEqual(self.stderr.getvalue(), "")
+        options = tap.Options({"SPRITE_TOKEN": TOKEN})
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["5432", "--nope"])
+        self.assertIn("nope", str(error))
 
-    def test_busyLocalServerPort(self) -> None:
+
+class CheckServerEndpointTests(SynchronousTestCase):
+    """
+    Tests for L{checkServerEndpoint}.
+    """
+
+    def test_good(self) -> None:
         """
-        sprites-local's listener (strports, listening in
-        privilegedStartService) fails the same way.
+        Endpoint strings Twisted parses come back unchanged.
+        """
+        for text in ["tcp:8900:interface=127.0.0.1", "tcp:0", "unix:/tmp/s.sock", "tcp6:80"]:
+            self.assertEqual(checkServerEndpoint("--listen", text), text)
+
+    def test_portOutOfRange(self) -> None:
+        """
+        A TCP port above 65535 (which Twisted reports only when listening,
+        as an OverflowError) is a usage error naming the port.
+        """
+        for text in ["tcp:99999", "tcp:port=70000:interface=127.0.0.1", "tcp6:65536"]:
+            with self.subTest(text=text):
+                error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--listen", text)
+                self.assertIn(f"--listen {text!r}", str(error))
+                self.assertIn("is outside 0..65535", str(error))
+
+    def test_unparseable(self) -> None:
+        """
+        A string Twisted cannot parse is a usage error naming it.
+        """
+        error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--listen", "bogus:1")
+        self.assertIn("--listen 'bogus:1'", str(error))
+
+
+class PlainServicesTests(SynchronousTestCase):
+    """
+    twistd gets the services themselves, with no wrapper.
+    """
+
+    def test_proxyService(self) -> None:
+        """
+        ``twistd sprites-proxy`` runs the ProxyManager itself.
+        """
+        options = tap.Options({"SPRITE_TOKEN": TOKEN, "SPRITES_API_URL": "http://127.0.0.1:1"})
+        options.parseOptions(["-s", "db", "8080:80"])
+        self.assertIsInstance(tap.makeService(options), ProxyManager)
+
+    def test_localService(self) -> None:
+        """
+        ``twistd sprites-local`` runs Twisted's own endpoint service.
         """
         options = localtap.Options({"SPRITE_TOKEN": TOKEN})
-        options.parseOptions(["--listen", "tcp:8900:interface=127.0.0.1"])
-        reactor = BusyReactor({8900})
-        service = CommandService("sprites-local", reactor, localtap._makeService(options, reactor))
-        error = self.assertRaises(CannotListenError, service.privilegedStartService)
-        sys.excepthook(CannotListenError, error, None)
-        self.assertTrue(
-            self.stderr.getvalue().startswith("sprites-local: Couldn't listen on 127.0.0.1:8900")
-        )
-
-    def test_startsChild(self) -> None:
-        """
-        Starting the command service starts the service it wraps.
-        """
-        reactor = MemoryReactorClock()
-        service = self.proxyService(reactor, "8080:80")
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.assertEqual([port for port, _, _, _ in reactor.tcpServers], [8080])
-
-    def test_stopExitsCleanly(self) -> None:
-        """
-        Stopping forgets the signal that stopped the reactor, so that twistd
-        exits 0 instead of killing itself with that signal.
-        """
-        reactor = FakeTwistdReactor()
-        child = Service()
-        service = CommandService("sprites-proxy", reactor, child)
-        service.startService()
-        self.successResultOf(service.stopService())
-        self.assertIsNone(reactor._exitSignal)
-        self.assertFalse(child.running)
-
-    def test_stopWithoutExitSignal(self) -> None:
-        """
-        A reactor that does not record exit signals is left alone.
-        """
-        reactor = MemoryReactorClock()
-        service = CommandService("sprites-proxy", reactor, Service())
-        service.startService()
-        self.successResultOf(service.stopService())
-        self.assertFalse(hasattr(reactor, "_exitSignal"))
+        options.parseOptions([])
+        self.assertIsInstance(localtap.makeService(options), StreamServerEndpointService)
