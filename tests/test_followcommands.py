@@ -165,3 +165,79 @@ class AutoCommandTests(TestCase):
             self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 
         return Deferred.fromCoroutine(run())
+
+
+class ConsoleScriptTests(TestCase):
+    """
+    The ``sprites-proxy`` console script (``python -m sprites_twisted``)
+    with ``--auto`` and ``--socks`` together, against an in-process local
+    sprite server (which serves the proxy, the check and the watch).
+    """
+
+    timeout = 30
+
+    def test_autoAndSocks(self) -> Deferred[None]:
+        """
+        A dev server started after the command is forwarded on the same port
+        (127.0.0.2) and reachable through the SOCKS port too; it is
+        unforwarded when it stops; SIGINT exits 0; a busy SOCKS port is a
+        one-line refusal and exit 1.
+        """
+        from sprites_twisted.server import LocalSpriteServer
+        from tests.helpers import listen
+        from tests.test_cli import CommandProcess, childEnvironment, runCommand
+
+        async def run() -> None:
+            payload = os.urandom(100 * 1024)
+            port, _ = await listen(self, reactor, LocalSpriteServer(reactor, TOKEN).factory())
+            env = childEnvironment(
+                SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{port.getHost().port}"
+            )
+            devPort, socksPort = freePort(), freePort()
+            child = CommandProcess("sprites-proxy")
+            child.start(
+                reactor,
+                ["-s", "demo", "--auto", "--auto-ports", str(devPort), "--bind", "127.0.0.2"]
+                + ["--socks", str(socksPort)],
+                env,
+                os.getcwd(),
+            )
+            self.addCleanup(child.terminate)
+            await child.whenOutput(f"SOCKS5/SOCKS4a on 127.0.0.1:{socksPort} -> demo")
+            await child.whenOutput("watching the ports of demo")
+            forwarded = child.whenOutput(f"port {devPort} in the sprite -> 127.0.0.2:{devPort}")
+            dev = await startDevServer(self, devPort, payload)
+            await forwarded
+            body = await fetch("127.0.0.2", devPort)
+            self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(payload).digest())
+            if shutil.which("curl") is not None:
+                out, err, code = await getProcessOutputAndValue(
+                    "curl",
+                    ["-sS", "--max-time", "20", "--socks5-hostname", f"127.0.0.1:{socksPort}"]
+                    + [f"http://localhost:{devPort}/blob"],
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                    reactor=reactor,
+                )
+                self.assertEqual(code, 0, err)
+                self.assertEqual(hashlib.sha256(out).digest(), hashlib.sha256(payload).digest())
+            closed = child.whenOutput(f"port {devPort} in the sprite closed")
+            await dev.stop()
+            await closed
+            assert child.transport is not None
+            child.transport.signalProcess("INT")
+            self.assertEqual(await child.ended, 0, child.output.decode())
+            self.assertNotIn(TOKEN.encode(), child.output)
+
+            # A busy SOCKS port stops start-up with one line.
+            busy = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                Site(Resource())
+            )
+            self.addCleanup(busy.stopListening)
+            out, err, code = await runCommand(
+                ["-s", "demo", "--socks", str(busy.getHost().port)], env
+            )
+            self.assertEqual(code, 1, err)
+            self.assertIn(f"Couldn't listen on 127.0.0.1:{busy.getHost().port}".encode(), err)
+            self.assertNotIn(b"Traceback", out + err)
+
+        return Deferred.fromCoroutine(run())
