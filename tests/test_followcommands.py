@@ -38,7 +38,7 @@ class SOCKSCommandTests(TestCase):
     def test_socksCommand(self) -> Deferred[None]:
         """
         curl fetches a page (sha256-checked) through the command's SOCKS
-        port; the SOCKS line is logged; SIGTERM exits 0; the token is never
+        port; the SOCKS line is logged; SIGTERM ends both (twistd exits by the signal); the token is never
         printed.
         """
         if shutil.which("curl") is None:
@@ -90,8 +90,9 @@ class SOCKSCommandTests(TestCase):
             )
             self.assertEqual(code, 0, err)
             self.assertEqual(hashlib.sha256(out).digest(), hashlib.sha256(payload).digest())
-            self.assertEqual(await proxy.terminate(), 0, proxy.output.decode())
-            self.assertEqual(await local.terminate(), 0, local.output.decode())
+            # twistd exits by the signal it got (as tests/test_commands.py expects).
+            self.assertEqual(await proxy.terminate(), -15, proxy.output.decode())
+            self.assertEqual(await local.terminate(), -15, local.output.decode())
             self.assertIn("SOCKS connection from 127.0.0.1:", proxy.output.decode())
             self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 
@@ -111,7 +112,7 @@ class AutoCommandTests(TestCase):
         """
         A dev server started after the command is forwarded on the same port
         (on 127.0.0.2), serves intact, is unforwarded when it stops (one log
-        line each way); SIGTERM exits 0; the token is never printed.
+        line each way); SIGTERM ends both; the token is never printed.
         """
         from sprites_twisted.demo import TwistdProcess
         from sprites_twisted.demo import freePort as demoFreePort
@@ -160,8 +161,9 @@ class AutoCommandTests(TestCase):
             closed = proxy.whenOutput(f"port {devPort} in the sprite closed")
             await dev.stop()
             await closed
-            self.assertEqual(await proxy.terminate(), 0, proxy.output.decode())
-            self.assertEqual(await local.terminate(), 0, local.output.decode())
+            # twistd exits by the signal it got (as tests/test_commands.py expects).
+            self.assertEqual(await proxy.terminate(), -15, proxy.output.decode())
+            self.assertEqual(await local.terminate(), -15, local.output.decode())
             self.assertNotIn(TOKEN.encode(), proxy.output + local.output)
 
         return Deferred.fromCoroutine(run())
