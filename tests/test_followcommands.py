@@ -38,8 +38,8 @@ class SOCKSCommandTests(TestCase):
     def test_socksCommand(self) -> Deferred[None]:
         """
         curl fetches a page (sha256-checked) through the command's SOCKS
-        port; the SOCKS line is logged; SIGTERM ends both (twistd exits by the signal); the token is never
-        printed.
+        port; the SOCKS line is logged; SIGTERM ends both (twistd exits by
+        the signal); the token is never printed.
         """
         if shutil.which("curl") is None:
             self.skipTest("curl is not installed")
