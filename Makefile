@@ -10,9 +10,14 @@ SOURCES := setup.py $(wildcard sprites_twisted/*.py) $(wildcard twisted/plugins/
 TRIAL = $(1) -m twisted.trial --reporter=text
 
 # Load and subprocess tests: `make e2e`.  Everything else is `make test`,
-# which runs once with the relay's fast path and once without it.
-E2E := tests.test_faults tests.test_commands tests.test_demo tests.test_followcommands
-UNIT := $(filter-out $(E2E),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py)))
+# which runs once with the relay's fast path and once without it.  Modules
+# that hold both kinds are split by class.
+E2E_MODULES := tests.test_faults tests.test_commands tests.test_demo tests.test_followcommands
+SPLIT_MODULES := tests.test_cli tests.test_stdio
+E2E := $(E2E_MODULES) tests.test_cli.CommandTests tests.test_cli.StdioTests \
+	tests.test_cli.PackagingTests tests.test_stdio.SSHTests
+UNIT := $(filter-out $(E2E_MODULES) $(SPLIT_MODULES),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py))) \
+	tests.test_cli.OptionsTests tests.test_stdio.ConnectStdioTests tests.test_stdio.FlowControlTests
 
 .PHONY: all test e2e test-newest lock demo lint format typecheck docs bench check clean plugins venv
 

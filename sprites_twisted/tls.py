@@ -150,7 +150,7 @@ def _chainProblem(transport: Any) -> str | None:
             if code in _UNTRUSTED_CODES:
                 return (
                     f"{text}: issuer {certificate.issuer.rfc4514_string()!r} is not a "
-                    "trusted CA (for a private CA pass trustRoot= / --ca-file)"
+                    "trusted CA (for a private CA, give its certificates as the trust root)"
                 )
             return str(text)
     except Exception:  # noqa: BLE001 - diagnosis only; the caller falls back
