@@ -31,10 +31,11 @@ from sprites_twisted.config import (
     parseAPIURL,
 )
 from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
-from sprites_twisted.errors import AddressError, MappingError
+from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.mapping import PortMapping, parseAddress
 from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, ProxySession
+from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE, WarmPool
 
 __all__ = ["SpritesClient", "Sprite", "DEFAULT_KEEPALIVE_INTERVAL", "serverEndpoint"]
 
@@ -81,6 +82,15 @@ class SpritesClient:
         C{IOpenSSLTrustRoot}); the system trust store by default.
     :param transportEndpoint: connect to the API through this endpoint
         (tests, or a custom transport).
+    :param prewarm: warm tunnels (upgraded WebSockets, not yet sent an init)
+        kept per sprite once a connection used one, so that the next one
+        skips the upgrade's round trips; 0 turns them off.  None are kept
+        while the client is idle: see L{sprites_twisted.warm}.
+    :param prewarmIdle: seconds an unused warm tunnel is kept (10).
+    :param earlyData: send what a local client sends right after the init,
+        without waiting for ``connected`` (one round trip to a working
+        connection).  Off by default: the public API does not promise that
+        a server keeps such data; the local sprite server does.
     :param keepaliveInterval: seconds between WebSocket pings on each open
         tunnel (15 by default); a tunnel with no answer for three intervals
         is dead, and its local connection is reset.  0 turns pings off.
@@ -107,6 +117,9 @@ class SpritesClient:
         transportEndpoint: IStreamClientEndpoint | None = None,
         keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
         check: bool = True,
+        prewarm: int = DEFAULT_PREWARM,
+        prewarmIdle: float = DEFAULT_PREWARM_IDLE,
+        earlyData: bool = False,
     ) -> None:
         self._reactor = reactor
         self._token = checkToken(token)
@@ -128,7 +141,13 @@ class SpritesClient:
         self._allowInsecure = allowInsecure
         self._transportEndpoint = transportEndpoint
         self.keepaliveInterval = keepaliveInterval
+        if isinstance(prewarm, bool) or not isinstance(prewarm, int) or prewarm < 0:
+            raise ConfigurationError(f"prewarm {prewarm!r}: expected a whole number, 0 or more")
+        self.prewarm = prewarm
+        self.prewarmIdle = prewarmIdle
+        self.earlyData = earlyData
         self._endpoints: dict[tuple[str, int, str, float], SpriteProxyEndpoint] = {}
+        self._pools: dict[str, WarmPool] = {}
 
     def __repr__(self) -> str:
         return f"<SpritesClient {self.baseURL}>"
@@ -169,11 +188,34 @@ class SpritesClient:
                 trustRoot=self._trustRoot,
                 allowInsecure=self._allowInsecure,
                 keepaliveInterval=self.keepaliveInterval,
+                pool=self._pool(spriteName),
+                earlyData=self.earlyData,
             )
         self._endpoints[key] = endpoint
         while len(self._endpoints) > _ENDPOINT_CACHE_SIZE:
             del self._endpoints[next(iter(self._endpoints))]
         return endpoint
+
+    def _pool(self, spriteName: str) -> WarmPool | None:
+        """
+        The warm tunnels of C{spriteName}, shared by its endpoints (none when
+        C{prewarm} is 0).
+        """
+        if not self.prewarm:
+            return None
+        pool = self._pools.get(spriteName)
+        if pool is None:
+            pool = WarmPool(self._reactor, spriteName, self.prewarm, self.prewarmIdle)
+            self._pools[spriteName] = pool
+        return pool
+
+    def closeSpares(self) -> None:
+        """
+        Close every warm tunnel now (they are made again after the next
+        connection).
+        """
+        for pool in self._pools.values():
+            pool.close()
 
     def checkSprite(self, spriteName: str) -> Deferred[dict[str, Any]]:
         """

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -32,7 +33,8 @@ from sprites_twisted.config import (
 from sprites_twisted.errors import APIUnreachableError, TunnelTimeoutError
 from sprites_twisted.mapping import checkHost, checkPort, formatTarget
 from sprites_twisted.tls import apiTransportEndpoint, loadTrustRoot
-from sprites_twisted.tunnel import AttemptFactory, Tunnel, TunnelClientFactory
+from sprites_twisted.tunnel import AttemptFactory, EarlyData, Tunnel, TunnelClientFactory
+from sprites_twisted.warm import WarmPool
 from sprites_twisted.wire import encodeInit
 from sprites_twisted.wsstream import SpriteAddress
 
@@ -65,10 +67,15 @@ class SpriteProxyEndpoint:
     :param allowInsecure: allow a plain-text URL to a non-loopback host.
     :param closeTimeout: seconds a closing tunnel waits for the closing
         handshake before closing its TCP connection.
+    :param earlyData: tell listeners to use L{connectEarly} (see there).
+    :param pool: the sprite's warm tunnels (L{sprites_twisted.warm}), shared
+        by the endpoints of one sprite; none by default.
     :param keepaliveInterval: seconds between WebSocket pings on an open
         tunnel; it is dead (its stream ends as broken) after three intervals
         without a pong.  0 turns pings off.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -85,8 +92,14 @@ class SpriteProxyEndpoint:
         allowInsecure: bool = False,
         closeTimeout: float = DEFAULT_CLOSE_TIMEOUT,
         keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
+        pool: WarmPool | None = None,
+        earlyData: bool = False,
     ) -> None:
         self._reactor = reactor
+        self._pool = pool
+        #: Whether local connections through this endpoint send early data
+        #: (L{connectEarly}); read by the listener.
+        self.earlyData = earlyData
         self.spriteName = checkSpriteName(spriteName)
         self.remotePort = checkPort(remotePort)
         self.remoteHost = checkHost(remoteHost) or "localhost"
@@ -123,46 +136,93 @@ class SpriteProxyEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """
-        Open a tunnel and connect a protocol from C{protocolFactory} to it.
+        Open a tunnel (or take a warm one) and connect a protocol from
+        C{protocolFactory} to it.
+        """
+        return self.connectEarly(protocolFactory, None)
+
+    def connectEarly(
+        self, protocolFactory: IProtocolFactory, early: EarlyData | None
+    ) -> Deferred[IProtocol]:
+        """
+        L{connect}, sending C{early} data (what the local client already
+        sent, and sends until the tunnel answers) right after the init,
+        without waiting for ``connected``: a tunnel's set-up then takes one
+        round trip.  The public API does not promise that a server keeps
+        such data (the local sprite server does); a refused tunnel fails as
+        without it.  The Deferred still fires once ``connected`` arrived.
         """
         try:
-            return self._connect(protocolFactory)
+            return self._connect(protocolFactory, early)
         except BaseException:
             return defer.fail()
 
-    def _connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        tcpConnecting: list[Deferred[Any]] = []
+    def openTunnel(self) -> Tunnel:
+        """
+        Start upgrading a new tunnel to this endpoint's sprite, claimed by
+        nobody yet (the warm pool's spares, and every cold connect).
+        """
+        tunnel = Tunnel(self._reactor, self._api.host, self._closeTimeout, self._keepaliveInterval)
+        tcp = self._transportEndpoint.connect(AttemptFactory(self._wsFactory, tunnel))
+        tunnel.tcpConnecting = tcp
+        api = self._api
+
+        def connected(result: Any) -> None:
+            tunnel.tcpConnecting = None
+
+        def failed(f: Failure) -> None:
+            tunnel.tcpConnecting = None
+            if f.check(ConnectError) and not f.check(APIUnreachableError, CancelledError):
+                f = Failure(APIUnreachableError(api.describe(), f.getErrorMessage()))
+            tunnel.tcpFailed(f)
+
+        tcp.addCallbacks(connected, failed)
+        return tunnel
+
+    def closeSpares(self) -> None:
+        """
+        Close this sprite's warm tunnels (a session calls this as it stops).
+        """
+        if self._pool is not None:
+            self._pool.close()
+
+    def _connect(
+        self, protocolFactory: IProtocolFactory, early: EarlyData | None
+    ) -> Deferred[IProtocol]:
+        current: list[Tunnel] = []
 
         def cancel(d: Deferred[Any]) -> None:
-            for pending in tcpConnecting:
-                if not pending.called:
+            for tunnel in current:
+                pending = tunnel.tcpConnecting
+                if pending is not None and not pending.called:
                     pending.cancel()
-            attempt.abort()
+                tunnel.abort()
 
         result: Deferred[IProtocol] = Deferred(cancel)
-        attempt = Tunnel(
-            result,
-            protocolFactory,
-            self._initMessage,
-            self._peerAddress,
-            self._reactor,
-            self._api.host,
-            self._closeTimeout,
-            self._keepaliveInterval,
-        )
-        tcp = self._transportEndpoint.connect(AttemptFactory(self._wsFactory, attempt))
-        tcpConnecting.append(tcp)
 
-        def tcpFailed(f: Failure) -> None:
-            if attempt.done:
-                return None
-            if f.check(ConnectError) and not f.check(APIUnreachableError, CancelledError):
-                f = Failure(APIUnreachableError(self._api.describe(), f.getErrorMessage()))
-            attempt.done = True
-            result.errback(f)
-            return None
+        def claim(tunnel: Tunnel) -> None:
+            current[:] = [tunnel]
+            tunnel.retry = retry
+            tunnel.claim(result, protocolFactory, self._initMessage, self._peerAddress, early)
 
-        tcp.addCallbacks(lambda _: None, tcpFailed)
+        def retry(dead: Tunnel) -> None:
+            self.log.debug(
+                "a warm tunnel to {sprite} closed before answering; retrying on a fresh one",
+                sprite=self.spriteName,
+            )
+            fresh = self.openTunnel()
+            fresh.retry = None
+            claim(fresh)
+            fresh.retry = None
+
+        spare = self._pool.take() if self._pool is not None else None
+        if spare is not None:
+            spare.warm = True
+            claim(spare)
+        else:
+            claim(self.openTunnel())
+        if self._pool is not None:
+            self._pool.used(self.openTunnel)
         if self._timeout:
             timeout = self._timeout
 

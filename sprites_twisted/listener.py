@@ -42,6 +42,7 @@ from sprites_twisted.config import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.mapping import formatTarget
 from sprites_twisted.pipe import Pipe, isCleanEnd, resetAfterFlush, splice
 from sprites_twisted.tracking import OpenSet
+from sprites_twisted.tunnel import EarlyData
 
 __all__ = ["LocalProxyProtocol", "LocalProxyFactory", "DEFAULT_LINGER_TIMEOUT"]
 
@@ -109,19 +110,44 @@ class LocalProxyProtocol(Pipe):
     _lingerExpired = False
     _lingerStarted: float | None = None
 
+    _early: EarlyData | None = None
+    _earlyPaused = False
+
     def connectionMade(self) -> None:
         factory = self.factory
         self.clock = factory.clock
-        self.transport.pauseProducing()
+        endpoint: Any = factory.endpoint
+        if getattr(endpoint, "earlyData", False) and hasattr(endpoint, "connectEarly"):
+            # Read what the client sends at once and send it right behind
+            # the init (one round trip); stop reading once the buffer is full.
+            self._early = EarlyData()
+        else:
+            self.transport.pauseProducing()
         setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
         if setKeepAlive is not None:
             setKeepAlive(True)
         self._started = factory.clock.seconds()
         factory.connectionStarted(self)
-        d = factory.endpoint.connect(_TunnelSideFactory(self))
+        if self._early is not None:
+            d = endpoint.connectEarly(_TunnelSideFactory(self), self._early)
+        else:
+            d = endpoint.connect(_TunnelSideFactory(self))
         self._connecting = d
         d.addCallbacks(self._tunnelUp, self._tunnelFailed)
         d.addErrback(lambda f: self.log.failure("Unexpected error in a local connection", f))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == CONNECTING:
+            early = self._early
+            if early is None:  # pragma: no cover - paused while connecting
+                return
+            self.bytesIn += len(data)
+            early.write(data)
+            if early.full and not self._earlyPaused:
+                self._earlyPaused = True
+                self.transport.pauseProducing()
+            return
+        Pipe.dataReceived(self, data)
 
     # The tunnel
 
@@ -138,7 +164,8 @@ class LocalProxyProtocol(Pipe):
             return
         self.state = RELAYING
         splice(self, tunnel)
-        self.transport.resumeProducing()
+        if self._early is None or self._earlyPaused:
+            self.transport.resumeProducing()
 
     def _tunnelFailed(self, failure: Failure) -> None:
         self._connecting = None

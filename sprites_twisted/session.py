@@ -332,7 +332,15 @@ class ProxySession(Service):
 
             return idle.addBoth(stopTimer)
 
+        def closeSpares(result: Any) -> Any:
+            # Warm tunnels exist for the next connection; there is none.
+            closeSpares = getattr(self.factory.endpoint, "closeSpares", None)
+            if closeSpares is not None:
+                closeSpares()
+            return result
+
         stopped.addBoth(drain)
+        stopped.addBoth(closeSpares)
         stopped.addBoth(lambda _: self._finish())
         return stopped
 

@@ -43,6 +43,7 @@ from sprites_twisted.mapping import (
     parseMapping,
 )
 from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE
+from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
 
 __all__ = ["Options", "makeService"]
 
@@ -87,6 +88,15 @@ class Options(TokenOptions):
         ],
         ["no-keepalive", None, "Send no WebSocket pings on tunnels (same as --keepalive 0)."],
         [
+            "early-data",
+            None,
+            (
+                "Send what a local client sends right behind the tunnel's init, "
+                "without waiting for the sprite's answer (one round trip less; the "
+                "API does not promise to keep such data, the local sprite server does)."
+            ),
+        ],
+        [
             "allow-insecure",
             None,
             (
@@ -116,6 +126,19 @@ class Options(TokenOptions):
             f"{DEFAULT_KEEPALIVE_INTERVAL:g}",
             "Seconds between WebSocket pings on a tunnel; a tunnel fails after "
             "three intervals without a pong (0: no pings).",
+        ],
+        [
+            "prewarm",
+            None,
+            str(DEFAULT_PREWARM),
+            "Warm tunnels (upgraded, not yet used) kept per sprite after a connection "
+            "used one (0: none).",
+        ],
+        [
+            "prewarm-idle",
+            None,
+            f"{DEFAULT_PREWARM_IDLE:g}",
+            "Seconds an unused warm tunnel is kept before it is closed.",
         ],
         [
             "linger",
@@ -237,6 +260,16 @@ class Options(TokenOptions):
             "drain-timeout", self["drain-timeout"], allowZero=True
         )
         self["linger"] = positiveNumber("linger", self["linger"], allowZero=True)
+        self["prewarm-idle"] = positiveNumber("prewarm-idle", self["prewarm-idle"])
+        try:
+            prewarm = int(self["prewarm"])
+        except (TypeError, ValueError):
+            prewarm = -1
+        if prewarm < 0:
+            raise usage.UsageError(
+                f"--prewarm {self['prewarm']!r}: expected a whole number of tunnels, 0 or more"
+            )
+        self["prewarm"] = prewarm
         self["keepalive"] = (
             0.0
             if self["no-keepalive"]
@@ -306,6 +339,9 @@ def _client(options: Options, reactor: Any) -> SpritesClient:
         drainTimeout=options["drain-timeout"],
         lingerTimeout=options["linger"],
         keepaliveInterval=options["keepalive"],
+        prewarm=options["prewarm"],
+        prewarmIdle=options["prewarm-idle"],
+        earlyData=bool(options["early-data"]),
         interface=options["bind"],
         trustRoot=options.trustRoot,
         allowInsecure=bool(options["allow-insecure"]),

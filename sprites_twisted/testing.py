@@ -145,6 +145,8 @@ class MemorySprite:
         A L{SpritesClient} whose tunnels reach this server in memory.
         """
         options.setdefault("transportEndpoint", self.apiEndpoint)
+        # Tests count tunnels: no warm spares unless asked for.
+        options.setdefault("prewarm", 0)
         return SpritesClient(self.reactor, token, TEST_API_URL, **options)
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ typed error with the server's message and ``Retry-After``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "USER_AGENT",
+    "EarlyData",
     "Tunnel",
     "TunnelClientProtocol",
     "TunnelClientFactory",
@@ -54,59 +56,154 @@ __all__ = [
 ]
 
 UPGRADING = "upgrading"
+SPARE = "spare"
 AWAITING_REPLY = "awaitingReply"
 RELAYING = "relaying"
 CLOSED = "closed"
 
 
+class EarlyData:
+    """
+    What a local client sent before its tunnel answered ``connected``
+    (early data, opt in): kept until then, so that a tunnel that dies
+    before answering can be retried with the same bytes, and sent as it
+    arrives once a tunnel is attached.
+
+    :ivar limit: past this many bytes the local side stops reading until
+        the tunnel is up (L{full}).
+    """
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self._sink: Callable[[bytes], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+    def write(self, data: bytes) -> None:
+        """
+        More early bytes from the local client.
+        """
+        self.chunks.append(data)
+        self.size += len(data)
+        if self._sink is not None:
+            self._sink(data)
+
+    def attach(self, sink: Callable[[bytes], None]) -> None:
+        """
+        Send everything so far to C{sink}, and what comes later as it comes.
+        """
+        self._sink = sink
+        for chunk in self.chunks:
+            sink(chunk)
+
+    def detach(self) -> None:
+        self._sink = None
+
+
 class Tunnel:
     """
-    One ``connect`` call: the handshake, then the stream.
+    One tunnel's WebSocket: the handshake, then the stream.
 
-    The endpoint's Deferred fires exactly once: with the application
-    protocol once the sprite answered ``connected``, or with the failure
-    (later events are ignored, so a cancel or timeout racing with the
-    server's answer is harmless).  After that the stream's end reaches the
-    application protocol as C{ConnectionDone} (close 1000/1001) or
-    C{ConnectionLost} (anything else, a keepalive timeout included).
+    A tunnel is I{claimed} by one ``connect`` call (L{claim}): it sends that
+    call's init once upgraded (at once, if it already is) and the call's
+    Deferred fires exactly once: with the application protocol once the
+    sprite answered ``connected``, or with the failure (later events are
+    ignored, so a cancel or timeout racing with the answer is harmless).
+    After that the stream's end reaches the application protocol as
+    C{ConnectionDone} (close 1000/1001) or C{ConnectionLost} (anything
+    else, a keepalive timeout included).
+
+    A tunnel upgraded before anyone claimed it is a I{spare} (a warm
+    tunnel, L{sprites_twisted.warm}): ``upgrading`` -> ``spare`` ->
+    ``awaitingReply`` -> ``relaying`` -> ``closed``.  A claimed spare that
+    closes before answering is retried once through C{retry}, so that a
+    spare the server had silently dropped costs no more than a cold tunnel.
     """
 
     def __init__(
         self,
-        deferred: Deferred[IProtocol],
-        protocolFactory: IProtocolFactory,
-        initMessage: bytes,
-        peerAddress: SpriteAddress,
         clock: IReactorTime,
         apiHost: str,
         closeTimeout: float,
         keepaliveInterval: float = 0.0,
     ) -> None:
-        self.deferred = deferred
-        self.protocolFactory = protocolFactory
-        self.initMessage = initMessage
-        self.peerAddress = peerAddress
         self.clock = clock
         self.apiHost = apiHost
         self.closeTimeout = closeTimeout
         self.state = UPGRADING
-        #: Set when the Deferred has fired (or was cancelled).
+        #: Set when the claiming call's Deferred has fired (or was cancelled).
         self.done = False
+        self.claimed = False
+        #: A spare when claimed (a retry is allowed if it turns out dead).
+        self.warm = False
         self.channel: TunnelClientProtocol | None = None
         self.stream: WebSocketStreamTransport | None = None
+        self.deferred: Deferred[IProtocol] | None = None
+        self.protocolFactory: IProtocolFactory | None = None
+        self.initMessage = b""
+        self.peerAddress: SpriteAddress | None = None
+        self.early: EarlyData | None = None
+        #: Called with this tunnel when it becomes a spare, and when a spare
+        #: (claimed or not) is gone: set by the pool.
+        self.onSpare: Callable[[Tunnel], None] | None = None
+        self.onSpareLost: Callable[[Tunnel], None] | None = None
+        #: Called (instead of failing) when a claimed spare died before
+        #: answering: set by the endpoint.
+        self.retry: Callable[[Tunnel], None] | None = None
+        #: The TCP connection attempt, while it is pending (set by the endpoint).
+        self.tcpConnecting: Deferred[Any] | None = None
         self._failure: Failure | None = None
         self._keepalive = Keepalive(clock, keepaliveInterval, self._ping, self._dead)
+
+    def claim(
+        self,
+        deferred: Deferred[IProtocol],
+        protocolFactory: IProtocolFactory,
+        initMessage: bytes,
+        peerAddress: SpriteAddress,
+        early: EarlyData | None = None,
+    ) -> None:
+        """
+        Use this tunnel for one ``connect``: its init is sent once upgraded,
+        then C{early} data, if any, right behind it.
+        """
+        self.claimed = True
+        self.deferred = deferred
+        self.protocolFactory = protocolFactory
+        self.initMessage = initMessage
+        self.peerAddress = peerAddress
+        self.early = early
+        if self.state == SPARE:
+            self._sendInit()
+        elif self.state == CLOSED:
+            # The connection failed before the claim (at once, say).
+            self._report(self._failure or Failure(TunnelClosedError(None, "closed")))
 
     # Events from the shim
 
     def opened(self) -> None:
         """
-        The upgrade succeeded: send the init and wait for the reply.
+        The upgrade succeeded: send the init, or wait as a spare.
         """
-        assert self.channel is not None
+        if self.claimed:
+            self._sendInit()
+            return
+        self.state = SPARE
+        if self.onSpare is not None:
+            self.onSpare(self)
+
+    def _sendInit(self) -> None:
+        channel = self.channel
+        assert channel is not None
         self.state = AWAITING_REPLY
-        self.channel.textLimit = MAX_REPLY_SIZE
-        self.channel.sendMessage(self.initMessage, isBinary=False)
+        channel.textLimit = MAX_REPLY_SIZE
+        channel.sendMessage(self.initMessage, isBinary=False)
+        if self.early is not None:
+            self.early.attach(channel.sendBinary)
 
     def textReceived(self, payload: bytes) -> None:
         """
@@ -132,7 +229,7 @@ class Tunnel:
         Binary data before the stream exists: a protocol violation.  (Once
         relaying, the shim delivers to the application protocol directly.)
         """
-        if self.state == AWAITING_REPLY:
+        if self.state in (AWAITING_REPLY, SPARE):
             self.fail(HandshakeError(None, "binary data arrived before the handshake reply"))
 
     def refused(self, head: ResponseHead, body: bytes) -> None:
@@ -148,7 +245,7 @@ class Tunnel:
         """
         if self.stream is not None:
             self.stream.closeStarted()
-        elif self.state == AWAITING_REPLY:
+        elif self.state in (AWAITING_REPLY, SPARE):
             # No reply can come after a close: fail now rather than wait
             # for the server to drop the connection.
             self.fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
@@ -163,12 +260,26 @@ class Tunnel:
         if self._failure is None and self.channel is not None:
             self._failure = tlsFailure(reason, self.channel.transport, self.apiHost)
 
+    def tcpFailed(self, failure: Failure) -> None:
+        """
+        The TCP (or TLS) connection to the API could not be made.
+        """
+        self.state = CLOSED
+        if self._failure is None:
+            self._failure = failure
+        if self.claimed:
+            self._report(failure)
+        elif self.onSpareLost is not None:
+            self.onSpareLost(self)
+
     def closed(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
         The WebSocket is gone.
         """
         state, self.state = self.state, CLOSED
         self._keepalive.stop()
+        if self.early is not None:
+            self.early.detach()
         if state == RELAYING:
             stream, self.stream = self.stream, None
             if stream is not None:
@@ -176,7 +287,22 @@ class Tunnel:
             return
         if state == CLOSED:
             return
-        self._report(self._failure or self._failureFor(state, wasClean, code, reason))
+        if not self.claimed:
+            if self.onSpareLost is not None:
+                self.onSpareLost(self)
+            return
+        failure = self._failure or self._failureFor(state, wasClean, code, reason)
+        if (
+            self.warm
+            and self.retry is not None
+            and not self.done
+            and state == AWAITING_REPLY
+            and failure.check(TunnelClosedError)
+        ):
+            retry, self.retry = self.retry, None
+            retry(self)
+            return
+        self._report(failure)
 
     # Decisions
 
@@ -200,15 +326,36 @@ class Tunnel:
         if channel is not None and channel.transport is not None:
             channel.transport.abortConnection()
 
+    def closeSpare(self) -> None:
+        """
+        Close an unclaimed spare cleanly (1000); one still connecting is
+        abandoned.
+        """
+        if self.claimed:
+            return
+        channel = self.channel
+        if channel is not None and channel.isOpen():
+            channel.sendCloseCode(1000, None)
+            return
+        pending = self.tcpConnecting
+        if pending is not None and not pending.called:
+            pending.cancel()
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()
+
     def _relay(self) -> None:
         channel = self.channel
         assert channel is not None and channel.transport is not None
+        assert self.deferred is not None and self.protocolFactory is not None
+        assert self.peerAddress is not None
         if self.done:
             self.fail(TunnelClosedError(None, "connect was cancelled"))
             return
         self.done = True
         self.state = RELAYING
         channel.textLimit = 0
+        if self.early is not None:
+            self.early.detach()
         stream = WebSocketStreamTransport(
             channel, channel.transport.getHost(), self.peerAddress, self.clock, self.closeTimeout
         )
@@ -226,7 +373,7 @@ class Tunnel:
         self.deferred.callback(app)
 
     def _report(self, failure: Failure) -> None:
-        if self.done:
+        if self.done or self.deferred is None:
             return
         self.done = True
         self.deferred.errback(failure)

@@ -66,6 +66,7 @@ class FaultsMixin:
             handshakeTimeout=10,
             lingerTimeout=0.01,
             drainTimeout=0,
+            prewarm=0,
         )
         session = await client.proxyPort("demo", 0, target.getHost().port, "127.0.0.1")
         self.addCleanup(session.close)

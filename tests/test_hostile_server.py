@@ -152,6 +152,7 @@ class HostileServerMixin:
             f"ws://127.0.0.1:{port.getHost().port}",
             handshakeTimeout=5,
             lingerTimeout=0.01,
+            prewarm=0,
         )
         session = await client.proxyPort("demo", 0, 5432)
         self.addCleanup(session.close)

@@ -212,6 +212,7 @@ class Harness:
     def client(self, token: str = TOKEN, **options: Any) -> SpritesClient:
         options.setdefault("drainTimeout", 0)
         options.setdefault("lingerTimeout", 0.5)
+        options.setdefault("prewarm", 0)
         return SpritesClient(reactor, token, self.apiURL, **options)
 
     async def forward(self, remotePort: int | None = None, **options: Any) -> Any:
@@ -494,6 +495,7 @@ class RefusalTests(TestCase):
             handshakeTimeout=0.5,
             drainTimeout=0,
             lingerTimeout=0.5,
+            prewarm=0,
         )
         session = await client.proxyPort("demo", 0, h.targetPort.getHost().port)
         h.cleanups.append(session.close)
@@ -777,3 +779,27 @@ class SocketOptionTests(TestCase):
             self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
         local.transport.loseConnection()
         await local.lost
+
+
+class EarlyDataTests(TestCase):
+    """
+    Early data against the local sprite server over loopback.
+    """
+
+    async def test_earlyDataRoundTrip(self) -> None:
+        """
+        With earlyData, a request sent at once is answered, through a cold
+        tunnel and then through the warm one it left behind.
+        """
+        h = Harness(self)
+        await h.start()
+        session = await h.forward(earlyData=True, prewarm=1)
+        for attempt in (b"cold request", b"warm request"):
+            local = Tracked()
+            await h.dial(session, local)
+            local.transport.write(attempt)
+            await local.receivedAtLeast(len(attempt))
+            self.assertEqual(b"".join(local.received), attempt)
+            local.transport.loseConnection()
+            await local.lost
+            await session.factory.whenIdle()

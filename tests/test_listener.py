@@ -343,3 +343,57 @@ def _globalPublisher() -> Any:
     from twisted.logger import globalLogPublisher
 
     return globalLogPublisher
+
+
+@implementer(IStreamClientEndpoint)
+class EarlyEndpoint(HandFiredEndpoint):
+    """
+    A hand-fired endpoint that takes early data.
+    """
+
+    earlyData = True
+
+    def connectEarly(self, factory: Any, early: Any) -> Deferred[Any]:
+        self.early = early
+        return self.connect(factory)
+
+
+class EarlyDataListenerTests(SynchronousTestCase):
+    """
+    With early data, the local client's bytes are read while the tunnel
+    opens, up to a limit, and handed to the endpoint.
+    """
+
+    def setUp(self) -> None:
+        self.endpoint = EarlyEndpoint()
+        self.factory = LocalProxyFactory(self.endpoint, Clock(), "demo", "localhost:80", 2.0)
+
+    def test_earlyBytes(self) -> None:
+        """
+        Reading goes on while connecting; the bytes go to the endpoint's
+        early data and count as sent; once up, relaying goes on as usual.
+        """
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        local = StringTransport()
+        proto.makeConnection(local)
+        self.assertEqual(local.producerState, "producing")
+        proto.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(b"".join(self.endpoint.early.chunks), b"GET / HTTP/1.1\r\n")
+        tunnel, remote = self.endpoint.succeed()
+        proto.dataReceived(b"\r\n")
+        self.assertEqual(remote.value(), b"\r\n")  # the early bytes went with the init
+        self.assertEqual(proto.bytesIn, 18)
+
+    def test_fullPauses(self) -> None:
+        """
+        Past the early-data limit the local connection stops being read
+        until the tunnel is up.
+        """
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        local = StringTransport()
+        proto.makeConnection(local)
+        self.endpoint.early.limit = 4
+        proto.dataReceived(b"12345")
+        self.assertEqual(local.producerState, "paused")
+        self.endpoint.succeed()
+        self.assertEqual(local.producerState, "producing")

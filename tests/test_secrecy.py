@@ -119,7 +119,7 @@ class TokenSecrecyTests(TestCase):
 
         def client(url: str, **kw: Any) -> SpritesClient:
             kw.setdefault("trustRoot", sharedPKI().writeCA(directory))
-            return SpritesClient(reactor, TOKEN, url, lingerTimeout=0.01, **kw)
+            return SpritesClient(reactor, TOKEN, url, lingerTimeout=0.01, prewarm=0, **kw)
 
         await self.clientRun(client(f"ws://127.0.0.1:{plain}"), echoPort, None)
         await self.clientRun(client(f"ws://127.0.0.1:{wrong}"), echoPort, SpriteAuthError)

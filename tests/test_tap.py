@@ -125,6 +125,9 @@ BAD = [
     ),
     (["-s", "db", "--keepalive", "often", "5432"], None, ["--keepalive 'often'"]),
     (["-s", "db", "--linger", "-1", "5432"], None, ["--linger '-1'"]),
+    (["-s", "db", "--prewarm", "-1", "5432"], None, ["--prewarm '-1'", "0 or more"]),
+    (["-s", "db", "--prewarm", "two", "5432"], None, ["--prewarm 'two'"]),
+    (["-s", "db", "--prewarm-idle", "0", "5432"], None, ["--prewarm-idle '0'"]),
     (["-s", "db", "--no-such-option", "5432"], None, ["no-such-option"]),
     (["-s", "db", "--bind", "127.0.0.300", "5432"], None, ["--bind '127.0.0.300'"]),
     (
@@ -465,6 +468,22 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(session.factory.lingerTimeout, 0.5)
         self.assertEqual(session.factory.endpoint._keepaliveInterval, 3.0)
         self.assertEqual(session.check, None)
+
+    def test_warmAndEarlyOptions(self) -> None:
+        """
+        One warm tunnel kept 10 s and no early data by default; --prewarm,
+        --prewarm-idle and --early-data reach the client and its endpoints.
+        """
+        session = list(self.make(["-s", "db", "8080:80"]))[0]
+        endpoint = session.factory.endpoint
+        self.assertFalse(endpoint.earlyData)
+        self.assertEqual((endpoint._pool.size, endpoint._pool.idleTimeout), (1, 10.0))
+        options = ["-s", "db", "--prewarm", "3", "--prewarm-idle", "2.5", "--early-data", "80"]
+        endpoint = list(self.make(options))[0].factory.endpoint
+        self.assertTrue(endpoint.earlyData)
+        self.assertEqual((endpoint._pool.size, endpoint._pool.idleTimeout), (3, 2.5))
+        endpoint = list(self.make(["-s", "db", "--prewarm", "0", "80"]))[0].factory.endpoint
+        self.assertIsNone(endpoint._pool)
 
     def test_checkByDefault(self) -> None:
         """

@@ -67,6 +67,7 @@ class TLSTestMixin:
         # A local client that closes its socket leaves the tunnel lingering
         # for the reply; keep that short so that clean-up is quick.
         options.setdefault("lingerTimeout", 0.01)
+        options.setdefault("prewarm", 0)
         return SpritesClient(reactor, TOKEN, url, **options)
 
     async def tunnelThroughPort(self: Any, client: SpritesClient, payload: bytes) -> bytes:

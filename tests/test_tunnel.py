@@ -500,17 +500,14 @@ class TunnelStateTests(SynchronousTestCase):
         self.clock = Clock()
         self.result: Deferred[Any] = Deferred()
         self.channel = FakeChannel()
-        self.tunnel = Tunnel(
+        self.tunnel = Tunnel(self.clock, "api.example", 1.0, keepaliveInterval=15.0)
+        self.tunnel.channel = self.channel  # type: ignore[assignment]
+        self.tunnel.claim(
             self.result,
             Factory.forProtocol(Recorder),
             encodeInit("localhost", 5432),
             SpriteAddress("demo", "localhost", 5432),
-            self.clock,
-            "api.example",
-            1.0,
-            keepaliveInterval=15.0,
         )
-        self.tunnel.channel = self.channel  # type: ignore[assignment]
 
     def relaying(self) -> Any:
         self.tunnel.opened()

@@ -1,0 +1,236 @@
+# -*- test-case-name: tests.test_warm -*-
+"""
+Tests for L{sprites_twisted.warm} and the warm and early-data paths of the
+endpoint: in memory against the real local sprite server, on its clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase
+
+from sprites_twisted.client import SpritesClient
+from sprites_twisted.errors import ConfigurationError
+from sprites_twisted.testing import MemorySprite
+from sprites_twisted.tunnel import EarlyData
+from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
+from tests.test_tunnel import Recorder
+
+
+class Target(Protocol):
+    """
+    Records what reaches the target and answers with what it got.
+    """
+
+    instances: list[Target]
+
+    def connectionMade(self) -> None:
+        self.received = b""
+        Target.instances.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.transport.write(data)
+
+
+class WarmPoolTests(SynchronousTestCase):
+    """
+    One spare per sprite after a connection used one, kept 10 s, none while
+    idle, retried once if dead, closed on stop.
+    """
+
+    def setUp(self) -> None:
+        Target.instances = []
+        self.sprite = MemorySprite()
+        self.sprite.addTarget(5432, Factory.forProtocol(Target))
+        self.client = self.sprite.client(prewarm=DEFAULT_PREWARM)
+        self.endpoint = self.client.endpoint("demo", 5432)
+        self.pool = self.client._pool("demo")
+        assert self.pool is not None
+
+    def connect(self, early: EarlyData | None = None) -> Any:
+        d = self.endpoint.connectEarly(Factory.forProtocol(Recorder), early)
+        self.sprite.flush()
+        return self.successResultOf(d)
+
+    def test_defaults(self) -> None:
+        """
+        One spare, kept at most 10 s; a negative count is refused.
+        """
+        self.assertEqual((DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE), (1, 10.0))
+        self.assertEqual(SpritesClient(self.sprite.reactor, "t", "http://127.0.0.1:1").prewarm, 1)
+        with self.assertRaises(ConfigurationError):
+            self.sprite.client(prewarm=-1)
+
+    def test_nothingWarmWhileIdle(self) -> None:
+        """
+        Before any connection, no WebSocket is open.
+        """
+        self.sprite.flush()
+        self.assertEqual(len(self.sprite.server.tunnels), 0)
+        self.assertEqual(self.pool.ready, 0)
+
+    def test_refillAfterUse(self) -> None:
+        """
+        A connection (cold) leaves one spare behind; the next connection
+        takes it and leaves a new one.
+        """
+        first = self.connect()
+        self.assertEqual(self.pool.ready, 1)
+        self.assertEqual(len(self.sprite.server.tunnels), 2)
+        spare = self.pool._ready[0]
+        second = self.connect()
+        self.assertTrue(spare.warm)
+        self.assertEqual(spare.state, "relaying")
+        self.assertIs(second.transport.channel, spare.channel)
+        self.assertEqual(self.pool.ready, 1)
+        first.transport.write(b"one")
+        second.transport.write(b"two")
+        self.sprite.flush()
+        self.assertEqual((first.received, second.received), (b"one", b"two"))
+
+    def test_idleExpiry(self) -> None:
+        """
+        A spare unused for 10 s is closed with 1000 and not replaced.
+        """
+        self.connect().transport.loseConnection()
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 1)
+        self.sprite.reactor.advance(DEFAULT_PREWARM_IDLE - 0.1)
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 1)
+        self.sprite.reactor.advance(0.1)
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 0)
+        self.sprite.reactor.advance(self.sprite.server.closeTimeout)
+        self.sprite.flush()
+        self.assertEqual(len(self.sprite.server.tunnels), 0)
+
+    def test_spareClosedByServerIsDropped(self) -> None:
+        """
+        A spare the server closes is forgotten; the next connection goes
+        cold and works.
+        """
+        self.connect()
+        spare = self.pool._ready[0]
+        spare.channel.transport.loseConnection()  # the path goes away
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 0)
+        proto = self.connect()
+        proto.transport.write(b"cold")
+        self.sprite.flush()
+        self.assertEqual(proto.received, b"cold")
+
+    def test_deadSpareRetriedWithEarlyBytes(self) -> None:
+        """
+        A spare that dies after being claimed, before it answered, is
+        retried once on a fresh tunnel, with the early bytes sent again:
+        the target gets them exactly once and the caller sees no failure.
+        """
+        self.connect()
+        spare = self.pool._ready[0]
+        (pump,) = [p for p in self.sprite.network.pumps if p.client is spare.channel]
+        # The server side of the spare goes away; the client learns of it
+        # only after it claimed the spare and sent the init and early bytes.
+        pump.serverIO.abortConnection()
+        early = EarlyData()
+        early.write(b"GET / early")
+        d = self.endpoint.connectEarly(Factory.forProtocol(Recorder), early)
+        self.sprite.flush()
+        proto = self.successResultOf(d)
+        self.assertEqual(Target.instances[-1].received, b"GET / early")
+        self.assertEqual(proto.received, b"GET / early")
+        self.assertIsNot(proto.transport.channel, spare.channel)
+
+    def test_refusalIsNotRetried(self) -> None:
+        """
+        A spare whose init is refused by the sprite fails as a cold tunnel
+        would: no retry.
+        """
+        endpoint = self.client.endpoint("demo", 9999)  # nothing there
+        self.connect()
+        d = endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        self.assertIn("cannot connect to localhost:9999", str(self.failureResultOf(d).value))
+
+    def test_closedOnStop(self) -> None:
+        """
+        Closing the client's spares (sessions do it when they stop) closes
+        them with 1000 at once.
+        """
+        self.connect().transport.loseConnection()
+        self.sprite.flush()
+        self.client.closeSpares()
+        self.sprite.flush()
+        self.sprite.reactor.advance(self.sprite.server.closeTimeout)
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 0)
+        self.assertEqual(len(self.sprite.server.tunnels), 0)
+
+    def test_sessionStopClosesSpares(self) -> None:
+        """
+        A session's close leaves no warm tunnel behind.
+        """
+        from sprites_twisted.mapping import PortMapping
+
+        session = self.client.session("demo", PortMapping(0, 5432))
+        self.successResultOf(session.listen())
+        session.factory.endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        pool = self.client._pool("demo")
+        assert pool is not None
+        self.assertEqual(pool.ready, 1)
+        self.successResultOf(session.close(drainTimeout=0))
+        self.sprite.flush()
+        self.assertEqual(pool.ready, 0)
+
+
+class EarlyDataTests(SynchronousTestCase):
+    """
+    With early data, the local client's first bytes go right behind the
+    init; the local sprite server keeps them for the target.
+    """
+
+    def setUp(self) -> None:
+        Target.instances = []
+        self.sprite = MemorySprite()
+        self.sprite.addTarget(5432, Factory.forProtocol(Target))
+
+    def test_sentBeforeConnected(self) -> None:
+        """
+        Early bytes and bytes written while awaiting the reply go out before
+        the reply, in order, and reach the target once.
+        """
+        endpoint = self.sprite.client(earlyData=True).endpoint("demo", 5432)
+        self.assertTrue(endpoint.earlyData)
+        early = EarlyData()
+        early.write(b"hello ")
+        d = endpoint.connectEarly(Factory.forProtocol(Recorder), early)
+        early.write(b"world")
+        self.sprite.flush()
+        proto = self.successResultOf(d)
+        self.assertEqual(Target.instances[0].received, b"hello world")
+        self.assertEqual(proto.received, b"hello world")
+
+    def test_refusedFailsAsBefore(self) -> None:
+        """
+        A refused tunnel with early data fails with the server's reason.
+        """
+        endpoint = self.sprite.client(earlyData=True).endpoint("demo", 9999)
+        early = EarlyData()
+        early.write(b"lost")
+        d = endpoint.connectEarly(Factory.forProtocol(Recorder), early)
+        self.sprite.flush()
+        self.assertIn("cannot connect", str(self.failureResultOf(d).value))
+
+    def test_fullBufferStopsReading(self) -> None:
+        """
+        EarlyData says when it is full (the listener then stops reading).
+        """
+        early = EarlyData(limit=4)
+        early.write(b"abc")
+        self.assertFalse(early.full)
+        early.write(b"d")
+        self.assertTrue(early.full)
