@@ -32,7 +32,12 @@ from sprites_twisted.config import (
 )
 from sprites_twisted.errors import APIUnreachableError, TunnelTimeoutError
 from sprites_twisted.mapping import checkHost, checkPort, formatTarget
-from sprites_twisted.tls import apiTransportEndpoint, loadTrustRoot
+from sprites_twisted.tls import (
+    ResumingClientTLS,
+    apiTransport,
+    apiTransportEndpoint,
+    loadTrustRoot,
+)
 from sprites_twisted.tunnel import AttemptFactory, EarlyData, Tunnel, TunnelClientFactory
 from sprites_twisted.warm import WarmPool
 from sprites_twisted.wire import encodeInit
@@ -110,8 +115,9 @@ class SpriteProxyEndpoint:
         self._closeTimeout = closeTimeout
         self._keepaliveInterval = keepaliveInterval
         self._trustRoot = trustRoot
+        self._tlsSessions: ResumingClientTLS | None = None
         if transportEndpoint is None:
-            transportEndpoint = apiTransportEndpoint(reactor, self._api, trustRoot)
+            transportEndpoint, self._tlsSessions = apiTransport(reactor, self._api, trustRoot)
         self._transportEndpoint = transportEndpoint
         self._initMessage = encodeInit(self.remoteHost, self.remotePort)
         self._peerAddress = SpriteAddress(self.spriteName, self.remoteHost, self.remotePort)
@@ -163,6 +169,7 @@ class SpriteProxyEndpoint:
         nobody yet (the warm pool's spares, and every cold connect).
         """
         tunnel = Tunnel(self._reactor, self._api.host, self._closeTimeout, self._keepaliveInterval)
+        tunnel.tlsSessions = self._tlsSessions
         tcp = self._transportEndpoint.connect(AttemptFactory(self._wsFactory, tunnel))
         tunnel.tcpConnecting = tcp
         api = self._api

@@ -156,6 +156,9 @@ class Tunnel:
         self.retry: Callable[[Tunnel], None] | None = None
         #: The TCP connection attempt, while it is pending (set by the endpoint).
         self.tcpConnecting: Deferred[Any] | None = None
+        #: The TLS session cache to give this connection's session to, once
+        #: open (L{sprites_twisted.tls.ResumingClientTLS}); set by the endpoint.
+        self.tlsSessions: Any = None
         self._failure: Failure | None = None
         self._keepalive = Keepalive(clock, keepaliveInterval, self._ping, self._dead)
 
@@ -189,6 +192,11 @@ class Tunnel:
         """
         The upgrade succeeded: send the init, or wait as a spare.
         """
+        channel = self.channel
+        if self.tlsSessions is not None and channel is not None:
+            getHandle = getattr(channel.transport, "getHandle", None)
+            if getHandle is not None:
+                self.tlsSessions.remember(getHandle())
         if self.claimed:
             self._sendInit()
             return

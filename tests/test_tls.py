@@ -285,3 +285,42 @@ class PlainServerTests(TestCase):
         self.assertIn("127.0.0.1", str(error))
         self.assertTrue(received)
         self.assertNotIn(TOKEN.encode(), b"".join(received))
+
+
+class ResumptionTests(TLSTestMixin, TestCase):
+    """
+    Tunnels to one API host resume the TLS session of the one before.
+    """
+
+    async def test_secondTunnelResumes(self) -> None:
+        """
+        Once a tunnel is open its TLS session is kept, and the next tunnel's
+        connection is given it; both carry bytes (a session that cannot be
+        resumed falls back to a full, verified handshake).
+        """
+        port, _ = await self.startTLSServer(sharedPKI().good)
+        client = self.tlsClient(f"wss://localhost:{port}")
+        endpoint = client.endpoint("demo", self.echoPort, "127.0.0.1")
+        sessions = endpoint._tlsSessions
+        self.assertIsNotNone(sessions)
+        offered: list[bool] = []
+        original = sessions.clientConnectionForTLS
+
+        def spy(tlsProtocol: Any) -> Any:
+            offered.append(sessions.session is not None)
+            return original(tlsProtocol)
+
+        sessions.clientConnectionForTLS = spy  # type: ignore[method-assign]
+        session = await client.proxyPort("demo", 0, self.echoPort, "127.0.0.1")
+        self.addCleanup(session.close)
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"first"), b"first")
+        self.assertIsNotNone(sessions.session)
+        self.assertEqual(await roundTrip(reactor, session.localPort, b"second"), b"second")
+        self.assertEqual(offered, [False, True])
+
+    def test_plainTextHasNoSessions(self) -> None:
+        """
+        A plain-text API URL has no TLS session cache.
+        """
+        endpoint = SpritesClient(reactor, TOKEN, "http://127.0.0.1:1").endpoint("demo", 80)
+        self.assertIsNone(endpoint._tlsSessions)
