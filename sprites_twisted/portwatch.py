@@ -42,7 +42,9 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -50,6 +52,7 @@ from zope.interface import Attribute, Interface, implementer
 from sprites_twisted import __version__
 from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL, proxyPath
 from sprites_twisted.keepalive import Keepalive
+from sprites_twisted.tls import isTLSFailure, tlsFailure
 
 __all__ = [
     "IPortObserver",
@@ -339,6 +342,7 @@ class PortWatcher:
         self._synced: list[Deferred[None]] = []
         self._gone: list[Deferred[None]] = []
         self._lastProblem: str | None = None
+        self._tlsProblem: str | None = None
 
     def __repr__(self) -> str:
         return f"<PortWatcher {self.spriteName} via {self._api.describe()} ({self.state.value})>"
@@ -503,6 +507,20 @@ class PortWatcher:
         else:
             self._closed(ports[0])
 
+    @property
+    def apiHost(self) -> str:
+        """
+        The API's host name, which its certificate must be valid for.
+        """
+        return self._api.host
+
+    def tlsFailed(self, failure: Failure) -> None:
+        """
+        TLS with the API failed (a L{sprites_twisted.errors.TLSVerificationError}
+        or C{TLSHandshakeError} saying why); L{wsClosed} follows.
+        """
+        self._tlsProblem = failure.getErrorMessage()
+
     def heard(self) -> None:
         """
         A pong (or any frame): the path is alive.
@@ -537,7 +555,8 @@ class PortWatcher:
                 why=reason or f"code {code}",
             )
         else:
-            self._problem(reason or f"the watch closed (code {code})")
+            tls, self._tlsProblem = self._tlsProblem, None
+            self._problem(tls or reason or f"the watch closed (code {code})")
 
     # Applying changes
 
@@ -649,6 +668,14 @@ class WatchClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
 
     def onPong(self, payload: bytes) -> None:
         self.watcher.heard()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if isTLSFailure(reason):
+            # Say what is wrong with the certificate, as tunnels do; Autobahn
+            # would only report "certificate verify failed".
+            self.watcher.tlsFailed(tlsFailure(reason, self.transport, self.watcher.apiHost))
+            reason = Failure(ConnectionLost("TLS failed"))
+        super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.watcher.wsClosed(wasClean, code, reason)

@@ -677,3 +677,89 @@ class SecrecyTests(TestCase):
                     self.assertNotIn(token, repr(watcher))
 
         return Deferred.fromCoroutine(run())
+
+
+class TLSTests(TestCase):
+    """
+    Over ``wss://`` the watch is verified as tunnels are: a server with a
+    certificate from the trusted CA is followed; one from another CA is
+    refused (logged, retried) before any request, and so any token, is sent.
+    """
+
+    async def _serve(self, certificate: Any) -> tuple[int, Any]:
+        import os
+
+        from tests.helpers import listen
+        from tests.pki import sharedPKI
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.caPath = sharedPKI().writeCA(directory)
+        proc = FakeProc()
+        proc.ports = {7000}
+        server = LocalSpriteServer(reactor, TOKEN)
+        mountPortWatch(server, PortScanner(reactor, read=proc.read, listDirectory=lambda p: []))
+        port, tracked = await listen(
+            self, reactor, server.factory(), certificate.serverDescription(directory, "server")
+        )
+        return port.getHost().port, tracked
+
+    def _watch(self, port: int) -> tuple[PortWatcher, Recorder]:
+        observer = Recorder()
+        watcher = PortWatcher(
+            reactor,
+            "box",
+            observer,
+            token=TOKEN,
+            apiURL=f"https://localhost:{port}",
+            trustRoot=self.caPath,
+            initialDelay=0.05,
+            maxDelay=0.2,
+        )
+        watcher.start()
+        self.addCleanup(watcher.stop)
+        return watcher, observer
+
+    def test_verified(self) -> Deferred[None]:
+        """
+        A server with a trusted certificate for localhost is followed.
+        """
+        from tests.pki import sharedPKI
+
+        async def run() -> None:
+            port, _ = await self._serve(sharedPKI().good)
+            watcher, observer = self._watch(port)
+            await observer.waitFor(("opened", 7000))
+            self.assertTrue(watcher.url.startswith("wss://localhost:"))
+
+        return Deferred.fromCoroutine(run())
+
+    def test_untrusted(self) -> Deferred[None]:
+        """
+        A certificate from another CA fails the watch (a warning naming the
+        problem); no HTTP request reached the server; nothing is reported.
+        """
+        from tests.pki import sharedPKI
+
+        async def run() -> None:
+            port, tracked = await self._serve(sharedPKI().untrusted)
+            warned: Deferred[str] = Deferred()
+
+            def observe(event: dict[str, Any]) -> None:
+                text = formatEvent(event)
+                if "port watch of box" in text and not warned.called:
+                    warned.callback(text)
+
+            globalLogPublisher.addObserver(observe)
+            self.addCleanup(globalLogPublisher.removeObserver, observe)
+            watcher, observer = self._watch(port)
+            text = await warned
+            self.assertIn("is not a trusted CA", text)  # the diagnosis, as for tunnels
+            self.assertNotIn(TOKEN, text)
+            await watcher.stop()
+            self.assertEqual(observer.events, [])
+            # What reached the server is TLS records only, never the request.
+            self.assertNotIn(b"GET /v1/sprites", bytes(tracked.received))
+            self.assertNotIn(TOKEN.encode(), bytes(tracked.received))
+
+        return Deferred.fromCoroutine(run())
