@@ -53,6 +53,7 @@ __all__ = [
     "SUPPORTED",
     "NATIVE_MASKING",
     "binarySender",
+    "sendProtocolClose",
     "dataFrame",
     "frameHeader",
     "unmask",
@@ -205,6 +206,27 @@ def unmask(data: bytes | memoryview, mask: bytes, offset: int) -> bytes:
     buf = bytearray()
     _unmaskInto(buf, data, mask, offset)
     return bytes(buf)
+
+
+# Close codes
+
+
+def sendProtocolClose(ws: Any, code: int, reason: bytes | None) -> bool:
+    """
+    Start the closing handshake of C{ws} with a close code Autobahn's
+    public C{sendClose} refuses from applications (1009, 1011), through its
+    C{sendCloseFrame}, documented as internal.  This is not part of the
+    switchable fast path (a broken stream must say so either way), but it is
+    Autobahn internals, so it lives here.
+
+    :returns: C{False} when this Autobahn has no C{sendCloseFrame} (the
+        caller then closes with 1000 and drops the connection).
+    """
+    sendCloseFrame = getattr(ws, "sendCloseFrame", None)
+    if sendCloseFrame is None:
+        return False
+    sendCloseFrame(code=code, reasonUtf8=reason, isReply=False)
+    return True
 
 
 # Sending

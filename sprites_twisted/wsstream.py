@@ -38,6 +38,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from sprites_twisted import _fastpath
 from sprites_twisted.interfaces import IResettableTransport
 from sprites_twisted.mapping import formatTarget
 
@@ -98,15 +99,20 @@ def sendCloseCode(ws: Any, code: int, reason: str | None) -> None:
     """
     Start the closing handshake of C{ws} (an Autobahn protocol) with
     C{code}.  Autobahn's C{sendClose} takes only 1000 and 3000-4999 from
-    applications, so other codes (1009 too big, 1011 broken stream) go
-    through its C{sendCloseFrame}, with the reason cut to fit a control
-    frame.
+    applications; other codes (1009 too big, 1011 broken stream) go through
+    L{sprites_twisted._fastpath.sendProtocolClose}, with the reason cut to
+    fit a control frame.  Where that is not possible the WebSocket closes
+    with 1000 and its TCP connection is aborted, which the peer still sees
+    as a broken stream (1006).
     """
     if code == CLOSE_NORMAL or 3000 <= code <= 4999:
         ws.sendClose(code=code, reason=reason[:100] if reason else None)
         return
     raw = (reason or "").encode("utf-8")[:120]
-    ws.sendCloseFrame(code=code, reasonUtf8=raw or None, isReply=False)
+    if not _fastpath.sendProtocolClose(ws, code, raw or None):
+        ws.sendClose(code=CLOSE_NORMAL, reason=None)
+        if ws.transport is not None:
+            ws.transport.abortConnection()
 
 
 @implementer(IAddress)
