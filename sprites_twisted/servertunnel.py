@@ -36,11 +36,11 @@ from sprites_twisted.pipe import Pipe, isCleanEnd, splice
 from sprites_twisted.tls import isTLSFailure
 from sprites_twisted.wire import MAX_INIT_SIZE, InitError, encodeReply, formatTarget, parseInit
 from sprites_twisted.wsstream import (
+    ChannelMixin,
     SpriteAddress,
     WebSocketStreamTransport,
     closeFailure,
     quietAutobahnLogger,
-    sendCloseCode,
 )
 
 if TYPE_CHECKING:
@@ -302,34 +302,14 @@ class ServerTunnel:
             call.cancel()
 
 
-class _ProxyServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class _ProxyServerProtocol(ChannelMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """
-    The Autobahn shim of a L{ServerTunnel}.  Text messages are collected
-    only up to C{textLimit} bytes (0: ignored whatever their size).
+    The Autobahn shim of a L{ServerTunnel} (see L{ChannelMixin}).
     """
 
     log = quietAutobahnLogger()
     _log = Logger()
     tunnel: ServerTunnel
-    textLimit = 0
-    maxBinaryFrame = 0
-    _isBinary = False
-    _textParts: list[bytes] | None = None
-    _textSize = 0
-
-    # IChannel
-
-    def isOpen(self) -> bool:
-        return bool(self.state == self.STATE_OPEN)
-
-    def sendBinary(self, data: bytes | memoryview) -> None:
-        self.sendMessage(bytes(data), isBinary=True)
-
-    def sendCloseCode(self, code: int, reason: str | None) -> None:
-        sendCloseCode(self, code, reason)
-
-    def getTCPTransport(self) -> Any:
-        return self.transport
 
     # Autobahn's callbacks
 
@@ -343,45 +323,9 @@ class _ProxyServerProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         WebSocketServerProtocol.dataReceived(self, data)
 
     def onOpen(self) -> None:
-        self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
+        self.channelOpened()
         self.maxBinaryFrame = self.tunnel.server.maxFramePayloadSize
         self.tunnel.opened()
-
-    def binaryData(self, payload: bytes) -> None:
-        self.tunnel.binaryData(payload)
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        self._isBinary = isBinary
-        self._textParts = None if isBinary or not self.textLimit else []
-        self._textSize = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        if self._isBinary and 0 < self.maxBinaryFrame < length:
-            self._isBinary = False  # drop what of it arrives
-            self._textParts = None
-            self.tunnel.frameTooLarge(length)
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if self._isBinary:
-            self.binaryData(payload)
-            return
-        parts = self._textParts
-        if parts is None:
-            return
-        self._textSize += len(payload)
-        if self._textSize > self.textLimit:
-            self._textParts = None
-            self.tunnel.textTooLarge()
-            return
-        parts.append(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        pass
-
-    def onMessageEnd(self) -> None:
-        parts, self._textParts = self._textParts, None
-        if parts is not None:
-            self.tunnel.textReceived(b"".join(parts))
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         result = super().onCloseFrame(code, reasonRaw)

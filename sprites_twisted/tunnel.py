@@ -36,11 +36,11 @@ from sprites_twisted.refusal import ResponseHead, parseResponseHead, refusalErro
 from sprites_twisted.tls import isTLSFailure, tlsFailure
 from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
 from sprites_twisted.wsstream import (
+    ChannelMixin,
     SpriteAddress,
     WebSocketStreamTransport,
     closeFailure,
     quietAutobahnLogger,
-    sendCloseCode,
 )
 
 if TYPE_CHECKING:
@@ -407,38 +407,18 @@ class Tunnel:
         self.fail(ConnectionLost(f"tunnel to {self.peerAddress} is dead: {why}"))
 
 
-class _TunnelClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
+class _TunnelClientProtocol(ChannelMixin, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The Autobahn shim of a L{Tunnel}: forwards public callbacks, carries
-    out sends.  Text messages are collected only up to C{textLimit} bytes
-    (0: ignored whatever their size, nothing kept).
+    out sends (L{ChannelMixin}), and keeps the HTTP response of a refused
+    upgrade for L{sprites_twisted.refusal}.
     """
 
     log = quietAutobahnLogger()
     tunnel: Tunnel
-    textLimit = 0
-    maxBinaryFrame = 0
-    _isBinary = False
-    _textParts: list[bytes] | None = None
-    _textSize = 0
     # The HTTP response while upgrading (None once upgraded).
     _response: bytes | None = b""
     _head: ResponseHead | None = None
-
-    # IChannel, for the stream adapter
-
-    def isOpen(self) -> bool:
-        return bool(self.state == self.STATE_OPEN)
-
-    def sendBinary(self, data: bytes | memoryview) -> None:
-        # Replaced per connection by the fast (or public) sender on open.
-        self.sendMessage(bytes(data), isBinary=True)
-
-    def sendCloseCode(self, code: int, reason: str | None) -> None:
-        sendCloseCode(self, code, reason)
-
-    def getTCPTransport(self) -> Any:
-        return self.transport
 
     # Receiving
 
@@ -488,45 +468,8 @@ class _TunnelClientProtocol(WebSocketClientProtocol):  # type: ignore[misc]
         WebSocketClientProtocol.dataReceived(self, data)
 
     def onOpen(self) -> None:
-        self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
+        self.channelOpened()
         self.tunnel.opened()
-
-    def binaryData(self, payload: bytes) -> None:
-        """
-        Binary payload (any part of a binary message); bound to the
-        application protocol's C{dataReceived} once relaying.
-        """
-        self.tunnel.binaryData(payload)
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        self._isBinary = isBinary
-        self._textParts = None if isBinary or not self.textLimit else []
-        self._textSize = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        pass
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if self._isBinary:
-            self.binaryData(payload)
-            return
-        parts = self._textParts
-        if parts is None:
-            return
-        self._textSize += len(payload)
-        if self._textSize > self.textLimit:
-            self._textParts = None
-            self.tunnel.textTooLarge()
-            return
-        parts.append(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        pass
-
-    def onMessageEnd(self) -> None:
-        parts, self._textParts = self._textParts, None
-        if parts is not None:
-            self.tunnel.textReceived(b"".join(parts))
 
     def onPong(self, payload: bytes) -> None:
         self.tunnel.pong()

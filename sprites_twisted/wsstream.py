@@ -53,6 +53,7 @@ __all__ = [
     "closeFailure",
     "quietAutobahnLogger",
     "sendCloseCode",
+    "ChannelMixin",
 ]
 
 #: Writes larger than this go out as several messages, so that no single
@@ -328,3 +329,95 @@ class WebSocketStreamTransport:
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
+
+
+class ChannelMixin:
+    """
+    The half of our two Autobahn shims (the tunnel's client protocol, the
+    local server's protocol) that is the same on both sides, mixed in before
+    the Autobahn base class: the L{IChannel} operations, and the streaming
+    receive hooks.
+
+    Binary payload goes to L{binaryData} as it arrives, whatever the message
+    size (rebound to the attached protocol's C{dataReceived} once relaying).
+    Text messages are collected only up to C{textLimit} bytes and handed
+    whole to C{tunnel.textReceived}; past the limit C{tunnel.textTooLarge}
+    is told, and with a limit of 0 text is ignored whatever its size,
+    nothing of it kept.  A binary frame over C{maxBinaryFrame} (0: no
+    limit) is reported to C{tunnel.frameTooLarge}.  C{tunnel} is the plain
+    state machine the shim forwards to.
+    """
+
+    tunnel: Any
+    textLimit = 0
+    maxBinaryFrame = 0
+    _isBinary = False
+    _textParts: list[bytes] | None = None
+    _textSize = 0
+    # Set by Autobahn.
+    state: int
+    transport: Any
+    STATE_OPEN: int
+
+    # IChannel
+
+    def isOpen(self) -> bool:
+        return bool(self.state == self.STATE_OPEN)
+
+    def sendBinary(self, data: bytes | memoryview) -> None:
+        # Replaced on open by the fast (or public) sender.
+        self.sendMessage(bytes(data), isBinary=True)  # type: ignore[attr-defined]
+
+    def sendCloseCode(self, code: int, reason: str | None) -> None:
+        sendCloseCode(self, code, reason)
+
+    def getTCPTransport(self) -> Any:
+        return self.transport
+
+    def channelOpened(self) -> None:
+        """
+        Call when the WebSocket opens: binary data goes out through the
+        fast path's sender when it can.
+        """
+        self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
+
+    # Autobahn's streaming receive hooks
+
+    def binaryData(self, payload: bytes) -> None:
+        """
+        Binary payload (any part of a binary message) before relaying.
+        """
+        self.tunnel.binaryData(payload)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._isBinary = isBinary
+        self._textParts = None if isBinary or not self.textLimit else []
+        self._textSize = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        if self._isBinary and 0 < self.maxBinaryFrame < length:
+            self._isBinary = False  # drop what of it arrives
+            self._textParts = None
+            self.tunnel.frameTooLarge(length)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        if self._isBinary:
+            self.binaryData(payload)
+            return
+        parts = self._textParts
+        if parts is None:
+            return
+        self._textSize += len(payload)
+        if self._textSize > self.textLimit:
+            self._textParts = None
+            self.tunnel.textTooLarge()
+            return
+        parts.append(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        parts, self._textParts = self._textParts, None
+        if parts is not None:
+            self.tunnel.textReceived(b"".join(parts))
