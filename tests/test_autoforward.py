@@ -539,7 +539,7 @@ class IntegrationTests(TestCase):
         api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server.factory())
         self.addCleanup(api.stopListening)
         self.addCleanup(server.whenIdle)
-        client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}")
+        client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}", prewarm=0)
         self.watchers: list[PortWatcher] = []
 
         def watcherFactory(observer: IPortObserver) -> PortWatcher:

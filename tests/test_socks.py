@@ -683,7 +683,9 @@ class IntegrationTests(TestCase):
         )
         self.addCleanup(self.api.stopListening)
         self.addCleanup(self.server.whenIdle)
-        client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{self.api.getHost().port}")
+        client = SpritesClient(
+            reactor, TOKEN, f"http://127.0.0.1:{self.api.getHost().port}", prewarm=0
+        )
         self.factory = client.socksFactory("box")
         self.socks = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             self.factory
@@ -842,7 +844,9 @@ class FlowControlTests(TestCase):
             )
             self.addCleanup(api.stopListening)
             self.addCleanup(server.whenIdle)
-            client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}")
+            client = SpritesClient(
+                reactor, TOKEN, f"http://127.0.0.1:{api.getHost().port}", prewarm=0
+            )
             factory = client.socksFactory("box")
             socks = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
             self.addCleanup(socks.stopListening)
