@@ -9,6 +9,7 @@ protocol (see ``roles.py``).
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -96,6 +97,80 @@ def pingPong(port: int, rounds: int, size: int = 64) -> list[float]:
             recvDiscard(sock, size)
             times.append(time.perf_counter() - start)
         return times[20:]
+
+
+def transactions(
+    port: int,
+    connections: int,
+    seconds: float,
+    maxCount: int,
+    request: int = 100,
+    response: int = 1024,
+) -> tuple[int, float, list[float]]:
+    """
+    C{connections} connections at once, each sending C{request} bytes and
+    waiting for C{response} bytes back, again and again, for C{seconds}
+    (or C{maxCount} exchanges in all, whichever comes first).
+
+    The connections are opened and each does one exchange before the clock
+    starts, so that setup is not counted.  One thread, non-blocking sockets
+    and a selector, so that the load generator's own cost per exchange is
+    small and the same for every path.
+
+    :returns: (exchanges done, seconds taken, each exchange's seconds).
+    """
+    socks = [connect(port) for _ in range(connections)]
+    try:
+        message = b"q" * request
+        for sock in socks:
+            sock.sendall(HEADER.pack(b"R", request << 32 | response))
+        for sock in socks:
+            sock.sendall(message)
+        for sock in socks:
+            recvDiscard(sock, response)
+        selector = selectors.DefaultSelector()
+        left: dict[socket.socket, int] = {}
+        sent: dict[socket.socket, float] = {}
+        buf = bytearray(max(response, 64 * 1024))
+        times: list[float] = []
+        start = time.perf_counter()
+        stopAt = start + seconds
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            sent[sock] = time.perf_counter()
+            sock.send(message)
+            left[sock] = response
+        outstanding = len(socks)
+        done = 0
+        end = start
+        while outstanding:
+            events = selector.select(timeout=TIMEOUT)
+            if not events:
+                raise TimeoutError(f"no response for {TIMEOUT} s")
+            now = time.perf_counter()
+            for key, _ in events:
+                sock = key.fileobj  # type: ignore[assignment]
+                n = sock.recv_into(buf, left[sock])
+                if not n:
+                    raise EOFError("connection closed during the exchanges")
+                left[sock] -= n
+                if left[sock]:
+                    continue
+                done += 1
+                times.append(now - sent[sock])
+                end = now
+                if now < stopAt and done + outstanding <= maxCount:
+                    sent[sock] = now
+                    sock.send(message)
+                    left[sock] = response
+                else:
+                    outstanding -= 1
+        selector.close()
+        return done, end - start, times
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def openIdle(port: int, count: int, batch: int = 50) -> list[socket.socket]:
@@ -191,6 +266,7 @@ class Proc:
 
 
 def start(role: str, *args: int) -> Proc:
+    """Start C{role} (see C{roles.py}) and wait for its C{READY} line."""
     here = os.path.dirname(os.path.abspath(__file__))
     popen = subprocess.Popen(
         [sys.executable, os.path.join(here, "roles.py"), role, *map(str, args)],

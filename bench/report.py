@@ -39,44 +39,121 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(target, measured, verdict, met) for each of issue 5's targets."""
-    out = []
-    for mode in MODES:
-        ratio = med(r["bulk"][mode]["tunnel"]["mbps"]) / med(r["bulk"][mode]["portforward"]["mbps"])
-        out.append((f"{mode} throughput >= 0.8 x portforward", f"{ratio:.3f} x", ratio >= 0.8))
-    worst = max(MODES, key=lambda m: med(r["bulk"][m]["tunnel"]["cpu"]["client"]))
-    cpu = med(r["bulk"][worst]["tunnel"]["cpu"]["client"])
-    out.append(
-        (
-            "tunnel client CPU <= 1.0 s per GiB",
-            f"{cpu:.2f} s/GiB (worst: {worst})",
-            cpu <= 1.0,
-        )
-    )
-    setup = med(r["setup"]["tunnel"]["median"])
-    out.append(("connection setup median <= 1.5 ms", f"{setup:.2f} ms", setup <= 1.5))
-    kib = r["idle"]["client"]["perTunnel"]
-    out.append(
-        (
-            f"idle tunnels <= 16 KiB client RSS each ({r['sizes']['idleN']:,})",
-            f"{kib:.1f} KiB",
-            kib <= 16,
-        )
-    )
-    for role in ("client", "server"):
-        mib = r["slow"][role]["aboveMiB"]
+def verdict(met: bool | None) -> str:
+    return "n/a" if met is None else "met" if met else "**missed**"
+
+
+def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, verdict, met) for each of issue 5's targets this run measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    if "bulk" in r:
+        for mode in MODES:
+            ratio = med(r["bulk"][mode]["tunnel"]["mbps"]) / med(
+                r["bulk"][mode]["portforward"]["mbps"]
+            )
+            out.append((f"{mode} throughput >= 0.8 x portforward", f"{ratio:.3f} x", ratio >= 0.8))
+        worst = max(MODES, key=lambda m: med(r["bulk"][m]["tunnel"]["cpu"]["client"]))
+        cpu = med(r["bulk"][worst]["tunnel"]["cpu"]["client"])
         out.append(
             (
-                f"slow reader: {role} peak RSS <= 16 MiB above idle",
-                f"{mib:.1f} MiB",
-                mib <= 16,
+                "tunnel client CPU <= 1.0 s per GiB",
+                f"{cpu:.2f} s/GiB (worst: {worst})",
+                cpu <= 1.0,
             )
         )
-    result = []
-    for name, measured, met in out:
-        result.append((name, measured, "met" if met else "**missed**", met))
-    return result
+    if "setup" in r:
+        setup = med(r["setup"]["tunnel"]["median"])
+        out.append(("connection setup median <= 1.5 ms", f"{setup:.2f} ms", setup <= 1.5))
+    if "idle" in r:
+        kib = r["idle"]["client"]["perTunnel"]
+        out.append(
+            (
+                f"idle tunnels <= 16 KiB client RSS each ({r['sizes']['idleN']:,})",
+                f"{kib:.1f} KiB",
+                kib <= 16,
+            )
+        )
+    if "slow" in r:
+        for role in ("client", "server"):
+            mib = r["slow"][role]["aboveMiB"]
+            out.append(
+                (
+                    f"slow reader: {role} peak RSS <= 16 MiB above idle",
+                    f"{mib:.1f} MiB",
+                    mib <= 16,
+                )
+            )
+    return [(name, measured, verdict(met), met) for name, measured, met in out]
+
+
+#: What a path of the connection-setup tables is called.
+SETUP_NAMES = {
+    "direct": "direct TCP",
+    "cold": "tunnel, cold",
+    "warm": "tunnel, warm",
+    "early": "tunnel, warm + early data",
+}
+NOT_HERE = "n/a (not in this version)"
+
+
+def wanMedians(r: dict[str, Any]) -> dict[str, float]:
+    """Median setup ms of each WAN path measured."""
+    return {p: med(ms) for p, ms in r["wan"]["ms"].items() if ms}
+
+
+def issue11(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, verdict, met) for issue 11's targets."""
+    out: list[tuple[str, str, bool | None]] = []
+    if "wan" in r:
+        rtt = r["wan"]["rttMs"]
+        medians = wanMedians(r)
+        for path, limit in (("warm", 2.3), ("early", 1.3), ("cold", 4.3)):
+            name = f"{rtt:g} ms RTT: {SETUP_NAMES[path]} setup median <= {limit} RTT"
+            if path in medians:
+                rtts = medians[path] / rtt
+                out.append((name, f"{rtts:.2f} RTT ({medians[path]:.1f} ms)", rtts <= limit))
+            else:
+                out.append((name, NOT_HERE, None))
+    if "setup" in r:
+        cold = med(r["setup"]["tunnel"]["median"])
+        out.append(("loopback: cold setup median <= 1.5 ms", f"{cold:.2f} ms", cold <= 1.5))
+        spaced = r.get("setupSpaced", {})
+        name = "loopback: warm setup median <= 0.8 ms"
+        if "warm" in spaced:
+            warm = med(spaced["warm"]["median"])
+            out.append((name, f"{warm:.2f} ms", warm <= 0.8))
+        else:
+            out.append((name, NOT_HERE, None))
+    if "small" in r:
+        for conns in ("4", "16"):
+            if conns in r["small"]:
+                ratio = med(r["small"][conns]["ratio"])
+                out.append(
+                    (
+                        f"small messages, {conns} connections: TPS >= 0.65 x portforward",
+                        f"{ratio:.2f} x",
+                        ratio >= 0.65,
+                    )
+                )
+    if "bulk" in r:
+        for mode in ("upload", "download"):
+            b = r["bulk"][mode]
+            cpu = med(b["tunnel"]["cpu"]["client"]) / med(b["portforward"]["cpu"]["portforward"])
+            out.append(
+                (
+                    f"{mode}: client CPU per GiB <= 0.85 x portforward process",
+                    f"{cpu:.2f} x",
+                    cpu <= 0.85,
+                )
+            )
+        for mode in ("upload", "download"):
+            b = r["bulk"][mode]
+            ratio = med(b["tunnel"]["mbps"]) / med(b["portforward"]["mbps"])
+            out.append((f"{mode}: throughput >= 0.9 x portforward", f"{ratio:.2f} x", ratio >= 0.9))
+    if "idle" in r:
+        kib = r["idle"]["client"]["perTunnel"]
+        out.append(("idle memory per tunnel <= 16 KiB (client)", f"{kib:.1f} KiB", kib <= 16))
+    return [(name, measured, verdict(met), met) for name, measured, met in out]
 
 
 def memoryRows(
@@ -95,12 +172,11 @@ def memoryRows(
     ]
 
 
-def tables(r: dict[str, Any]) -> str:
+def bulkTables(r: dict[str, Any]) -> list[str]:
     s = r["sizes"]
     size = s["bulk"] / (1 << 20)
     bulkText = f"{size / 1024:g} GiB" if size >= 1024 else f"{size:g} MiB"
     parts = []
-
     rows = []
     for mode in MODES:
         v = {p: med(r["bulk"][mode][p]["mbps"]) for p in PATHS}
@@ -116,7 +192,7 @@ def tables(r: dict[str, Any]) -> str:
         )
     parts.append(
         f"**Bulk throughput**, {bulkText} per transfer, MB/s (10^6 bytes/s; echo: each "
-        f"direction, both at once), median of {s['bulkReps']}\n\n"
+        f"direction, both at once), median of {s['bulkReps'] * r.get('repeat', 1)}\n\n"
         + table(
             [
                 "transfer",
@@ -133,22 +209,36 @@ def tables(r: dict[str, Any]) -> str:
     rows = []
     for mode in MODES:
         b = r["bulk"][mode]
+        pf = med(b["portforward"]["cpu"]["portforward"])
+        client = med(b["tunnel"]["cpu"]["client"])
         rows.append(
             [
                 mode,
-                f"{med(b['portforward']['cpu']['portforward']):.2f}",
-                f"{med(b['tunnel']['cpu']['client']):.2f}",
+                f"{pf:.2f}",
+                f"{client:.2f}",
                 f"{med(b['tunnel']['cpu']['server']):.2f}",
+                f"{client / pf:.2f}",
             ]
         )
     parts.append(
         "**CPU seconds per GiB moved** (user + system, from /proc; echo moves two GiB per GiB sent)\n\n"
         + table(
-            ["transfer", "portforward process", "tunnel client", "local sprite server"],
+            [
+                "transfer",
+                "portforward process",
+                "tunnel client",
+                "local sprite server",
+                "client / portforward",
+            ],
             rows,
         )
     )
+    return parts
 
+
+def latencyTables(r: dict[str, Any]) -> list[str]:
+    s = r["sizes"]
+    reps = s["setupReps"] * r.get("repeat", 1)
     st, pp = r["setup"], r["pingpong"]
     rows = [
         [
@@ -159,44 +249,185 @@ def tables(r: dict[str, Any]) -> str:
         ]
         for p in PATHS
     ]
-    parts.append(
+    parts = [
         f"**Latency**: setup = connect, handshake, first echoed byte ({s['setupN']} sequential "
-        f"connections, median of {s['setupReps']} runs); ping-pong = 64-byte round trip on an "
-        f"open connection ({s['pingN']} round trips, median of {s['pingReps']} runs)\n\n"
+        f"connections, median of {reps} runs); ping-pong = 64-byte round trip on an "
+        f"open connection ({s['pingN']} round trips, median of {s['pingReps'] * r.get('repeat', 1)} "
+        "runs)\n\n"
         + table(["path", "setup median ms", "setup p99 ms", "ping-pong median us"], rows)
+    ]
+    spaced = r.get("setupSpaced", {})
+    rows = []
+    for path in ("cold", "warm", "early"):
+        if path in spaced:
+            rows.append(
+                [
+                    SETUP_NAMES[path],
+                    f"{med(spaced[path]['median']):.3f}",
+                    f"{med(spaced[path]['p99']):.3f}",
+                ]
+            )
+        else:
+            rows.append([SETUP_NAMES[path], NOT_HERE, ""])
+    parts.append(
+        f"**Setup with warm tunnels (loopback)**: as above, but "
+        f"{s.get('spacedN', 0)} connections {s.get('spacedGap', 0) * 1e3:g} ms apart (time "
+        "for a warm client to open its next spare tunnel), each client its own process "
+        "(warm: `prewarm=1`; early data: `prewarm=1, earlyData=True`), "
+        f"median of {reps} runs\n\n" + table(["tunnel", "setup median ms", "setup p99 ms"], rows)
+    )
+    return parts
+
+
+def wanTable(r: dict[str, Any]) -> str:
+    w = r["wan"]
+    rtt = w["rttMs"]
+    rows = []
+    for path in ("direct", "cold", "warm", "early"):
+        ms = w["ms"].get(path)
+        if not ms:
+            rows.append([SETUP_NAMES[path], NOT_HERE, "", "", ""])
+            continue
+        ms = sorted(ms)
+        p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
+        m = med(ms)
+        rows.append([SETUP_NAMES[path], f"{m:.1f}", f"{m / rtt:.2f}", f"{p90:.1f}", f"{ms[0]:.1f}"])
+    count = len(next(iter(w["ms"].values()), []))
+    return (
+        f"**Connection setup over a {rtt:g} ms round trip** (the delay relay between the "
+        "tunnel client and the local sprite server, or between the load generator and the "
+        "target for direct TCP): connect, then the first byte echoed; "
+        f"{count} connections per path, taken in turn\n\n"
+        + table(["path", "median ms", "median RTTs", "p90 ms", "min ms"], rows)
     )
 
-    idle = r["idle"]
-    rows = memoryRows(idle, ("client", "server", "portforward"), "before", "after", "perTunnel")
-    parts.append(
-        f"**Idle connections**: {s['idleN']:,} concurrent idle connections, RSS of each relay "
-        "process (portforward: the same connections through one portforward process)\n\n"
-        + table(
-            [
-                "process",
-                "RSS before MiB",
-                "RSS with all open MiB",
-                "KiB per connection",
-            ],
-            rows,
+
+def exchangeTable(data: dict[str, Any], paths: tuple[str, ...]) -> str:
+    rows = []
+    for conns in ("4", "16"):
+        if conns not in data:
+            continue
+        e = data[conns]
+        pf = med(e["portforward"]["cpu"]["portforward"])
+        client = med(e["tunnel"]["cpu"]["client"])
+        rows.append(
+            [conns]
+            + [fmt(med(e[p]["tps"])) for p in paths]
+            + [
+                f"{med(e['ratio']):.2f}",
+                f"{pf:.1f}",
+                f"{client:.1f}",
+                f"{med(e['tunnel']['cpu']['server']):.1f}",
+                f"{client / pf:.2f}",
+            ]
         )
+    header = ["connections"] + [f"{p} TPS" for p in paths] + ["tunnel / portforward"]
+    header += ["CPU us/tx portforward", "CPU us/tx client", "CPU us/tx server"]
+    header.append("client CPU / portforward")
+    return table(header, rows)
+
+
+def smallTable(r: dict[str, Any]) -> str:
+    sm = r["small"]
+    sizes = sm["sizes"]
+    reps = r["sizes"]["smallReps"] * r.get("repeat", 1)
+    return (
+        f"**Small messages**: N connections at once, each sending {sizes['request']} bytes "
+        f"and waiting for {sizes['response']:,} bytes back, over and over for "
+        f"{sizes['seconds']:g} s; transactions per second and CPU microseconds per "
+        f"transaction of each relay process (median of {reps} runs, the ratio taken "
+        "within each run)\n\n" + exchangeTable(sm, ("portforward", "tunnel"))
     )
 
-    slow = r["slow"]
-    rows = memoryRows(slow, ("client", "server"), "baseline", "peak", "aboveMiB")
-    parts.append(
-        f"**Slow reader**: {formatSize(s['slowSize'])} pulled through the tunnel at "
-        f"{slow['rateMBps']:.1f} MB/s (paced to {s['slowRate'] / 1e6:g} MB/s)\n\n"
-        + table(["process", "idle RSS MiB", "peak RSS MiB", "peak above idle MiB"], rows)
+
+def pgbenchTable(r: dict[str, Any]) -> str:
+    pgr = r["pgbench"]
+    if "skipped" in pgr:
+        return f"**pgbench -S**: skipped: {pgr['skipped']}"
+    return (
+        f"**pgbench -S** (select only, scale 1, {pgr['seconds']} s per run, median of "
+        f"{r['sizes']['pgReps'] * r.get('repeat', 1)}; direct = PostgreSQL's own port) "
+        "through each path, TPS without the initial connection time, CPU per transaction "
+        "as above\n\n" + exchangeTable(pgr, ("direct", "portforward", "tunnel"))
     )
+
+
+def tables(r: dict[str, Any]) -> str:
+    s = r["sizes"]
+    parts = []
+    if "bulk" in r:
+        parts += bulkTables(r)
+    if "setup" in r:
+        parts += latencyTables(r)
+    if "wan" in r:
+        parts.append(wanTable(r))
+    if "small" in r:
+        parts.append(smallTable(r))
+    if "pgbench" in r:
+        parts.append(pgbenchTable(r))
+
+    if "idle" in r:
+        idle = r["idle"]
+        rows = memoryRows(idle, ("client", "server", "portforward"), "before", "after", "perTunnel")
+        parts.append(
+            f"**Idle connections**: {s['idleN']:,} concurrent idle connections, RSS of each relay "
+            "process (portforward: the same connections through one portforward process)\n\n"
+            + table(
+                [
+                    "process",
+                    "RSS before MiB",
+                    "RSS with all open MiB",
+                    "KiB per connection",
+                ],
+                rows,
+            )
+        )
+
+    if "slow" in r:
+        slow = r["slow"]
+        rows = memoryRows(slow, ("client", "server"), "baseline", "peak", "aboveMiB")
+        parts.append(
+            f"**Slow reader**: {formatSize(s['slowSize'])} pulled through the tunnel at "
+            f"{slow['rateMBps']:.1f} MB/s (paced to {s['slowRate'] / 1e6:g} MB/s)\n\n"
+            + table(["process", "idle RSS MiB", "peak RSS MiB", "peak above idle MiB"], rows)
+        )
     return "\n\n".join(parts)
 
 
+def summary(r: dict[str, Any]) -> str:
+    """A few lines with the main ratios of one repeat."""
+    lines = []
+    for name, measured, verdict_, _ in issue11(r):
+        lines.append(f"{name}: {measured} ({verdict_})")
+    if "wan" in r:
+        rtt = r["wan"]["rttMs"]
+        medians = wanMedians(r)
+        lines.append(
+            "WAN setup: "
+            + ", ".join(f"{p} {m:.1f} ms = {m / rtt:.2f} RTT" for p, m in medians.items())
+        )
+    return "\n".join(lines)
+
+
 def targetsTable(r: dict[str, Any]) -> str:
-    return table(
-        ["target (issue 5)", "measured", "verdict"],
-        [[name, measured, verdict] for name, measured, verdict, _ in verdicts(r)],
-    )
+    parts = []
+    five = verdicts(r)
+    if five:
+        parts.append(
+            table(
+                ["target (issue 5)", "measured", "verdict"],
+                [[name, measured, v] for name, measured, v, _ in five],
+            )
+        )
+    eleven = issue11(r)
+    if eleven:
+        parts.append(
+            table(
+                ["target (issue 11)", "measured", "verdict"],
+                [[name, measured, v] for name, measured, v, _ in eleven],
+            )
+        )
+    return "\n\n".join(parts)
 
 
 def machineText(r: dict[str, Any]) -> str:

@@ -7,12 +7,20 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
 - ``target PORT?``: the load target.  Blocking sockets, one thread per
   connection.  Each connection starts with a 9-byte header: a mode byte and a
   64-bit size.  ``E`` echoes everything after the header; ``S`` sinks
-  ``size`` bytes and answers one byte ``K``; ``G`` sends ``size`` bytes.
+  ``size`` bytes and answers one byte ``K``; ``G`` sends ``size`` bytes;
+  ``R`` (request/response) takes ``size`` as two 32-bit halves, REQUEST and
+  RESPONSE, then reads REQUEST bytes and answers RESPONSE bytes, over and
+  over until the connection closes.
 - ``server``: the local sprite server (``LocalSpriteServer.factory()``), the same
   code ``twistd sprites-local`` runs.
-- ``client API_PORT TARGET_PORT``: the tunnel client: one forwarded local
-  port (``SpritesClient.proxyPort``, what ``twistd sprites-proxy`` runs).
+- ``client API_PORT TARGET_PORT [PREWARM [EARLY]]``: the tunnel client: one
+  forwarded local port (``SpritesClient.proxyPort``, what ``twistd
+  sprites-proxy`` runs); with PREWARM > 0 it passes ``prewarm=PREWARM`` and
+  with EARLY = 1 ``earlyData=True`` (only where this version of the client
+  has them: ``run.py`` checks first).
 - ``portforward TARGET_PORT``: Twisted's own ``twisted.protocols.portforward``.
+- ``delay RTT_MICROSECONDS UPSTREAM_PORT``: the WAN mode's delay relay
+  (``delay.py``), in front of the local sprite server or the target.
 
 The Twisted roles log to ``bench/results/ROLE.log`` like ``twistd -l`` would.
 """
@@ -108,6 +116,12 @@ def serveTargetConnection(sock: socket.socket) -> None:
         elif mode == b"G":
             sendZeros(sock, size)
             sock.recv(1)
+        elif mode == b"R":
+            request, response = size >> 32, size & 0xFFFFFFFF
+            answer = bytes(response)
+            while True:
+                recvExactly(sock, request)
+                sock.sendall(answer)
     except (OSError, EOFError):
         pass
     finally:
@@ -154,13 +168,18 @@ def runServer() -> None:
     reactor.run()
 
 
-def runClient(apiPort: int, targetPort: int) -> None:
+def runClient(apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 0) -> None:
     from twisted.internet import reactor
 
     from sprites_twisted.client import SpritesClient
 
     startLogging("client")
-    client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{apiPort}")
+    options: dict[str, object] = {}
+    if prewarm:
+        options["prewarm"] = prewarm
+    if earlyData:
+        options["earlyData"] = True
+    client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{apiPort}", **options)
 
     def listening(session: object) -> None:
         ready(session.localPort, maskerInUse())  # type: ignore[attr-defined]
@@ -182,6 +201,20 @@ def runPortforward(targetPort: int) -> None:
     startLogging("portforward")
     factory = ProxyFactory("127.0.0.1", targetPort)
     factory.noisy = False
+    port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
+    ready(port.getHost().port)
+    reactor.run()
+
+
+def runDelay(rttMicroseconds: int, upstreamPort: int) -> None:
+    from twisted.internet import selectreactor
+
+    selectreactor.install()
+    from delay import DelayFactory
+    from twisted.internet import reactor
+
+    startLogging("delay")
+    factory = DelayFactory(reactor, rttMicroseconds / 1e6, upstreamPort)
     port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port)
     reactor.run()
@@ -214,6 +247,8 @@ def main(argv: list[str]) -> None:
         runClient(*args)
     elif role == "portforward":
         runPortforward(*args)
+    elif role == "delay":
+        runDelay(*args)
     else:
         raise SystemExit(f"unknown role {role!r}")
 
