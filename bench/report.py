@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(os.path.dirname(HERE), "docs")
 MD = os.path.join(DOCS, "performance.md")
 PNG = os.path.join(DOCS, "performance.png")
+NETWORK_PNG = os.path.join(DOCS, "performance-wan.png")
 NOTES_START, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
 PATHS = ("direct", "portforward", "tunnel")
 MODES = ("upload", "download", "echo")
@@ -353,19 +354,30 @@ def pgbenchTable(r: dict[str, Any]) -> str:
 
 
 def tables(r: dict[str, Any]) -> str:
-    s = r["sizes"]
+    """Every table of the parts that ran."""
+    return "\n\n".join(p for p in (loopbackTables(r), networkTables(r)) if p)
+
+
+def networkTables(r: dict[str, Any]) -> str:
+    """The WAN, small-message and pgbench tables (issue 11)."""
     parts = []
-    if "bulk" in r:
-        parts += bulkTables(r)
-    if "setup" in r:
-        parts += latencyTables(r)
     if "wan" in r:
         parts.append(wanTable(r))
     if "small" in r:
         parts.append(smallTable(r))
     if "pgbench" in r:
         parts.append(pgbenchTable(r))
+    return "\n\n".join(parts)
 
+
+def loopbackTables(r: dict[str, Any]) -> str:
+    """Bulk, latency, idle and slow-reader tables (issue 5's, plus warm setup)."""
+    s = r["sizes"]
+    parts = []
+    if "bulk" in r:
+        parts += bulkTables(r)
+    if "setup" in r:
+        parts += latencyTables(r)
     if "idle" in r:
         idle = r["idle"]
         rows = memoryRows(idle, ("client", "server", "portforward"), "before", "after", "perTunnel")
@@ -503,6 +515,74 @@ def plot(r: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def plotNetwork(r: dict[str, Any], path: str) -> None:
+    """WAN setup in RTTs against the targets, and small-message TPS against portforward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"direct": "#9e9e9e", "portforward": "#4c72b0", "tunnel": "#dd8452"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2, 3]})
+    if "wan" in r:
+        rtt = r["wan"]["rttMs"]
+        medians = wanMedians(r)
+        order = ("direct", "cold", "warm", "early")
+        limits = {"cold": 4.3, "warm": 2.3, "early": 1.3}
+        values = [medians.get(p, 0.0) / rtt for p in order]
+        bars = ax1.bar(
+            range(len(order)),
+            values,
+            0.55,
+            color=[colors["direct"] if p == "direct" else colors["tunnel"] for p in order],
+        )
+        labelBars(
+            ax1,
+            bars,
+            [f"{v:.2f}" if p in medians else "n/a" for p, v in zip(order, values, strict=True)],
+            8,
+        )
+        for i, p in enumerate(order):
+            if p in limits:
+                label = "target" if p == "cold" else None
+                ax1.hlines(
+                    limits[p], i - 0.35, i + 0.35, colors="#c44e52", linestyles="--", label=label
+                )
+        ax1.set_xticks(range(len(order)))
+        ax1.set_xticklabels(["direct TCP", "tunnel\ncold", "tunnel\nwarm", "warm +\nearly data"])
+        ax1.set_ylabel("round trips (lower is better)")
+        ax1.set_title(f"Setup to first echoed byte at {rtt:g} ms RTT")
+        ax1.legend(fontsize=8, loc="upper right")
+        ax1.margins(y=0.12)
+    groups = []
+    if "small" in r:
+        groups += [(f"small\n{c} conns", r["small"][c]) for c in ("4", "16") if c in r["small"]]
+    if "pgbench" in r and "skipped" not in r["pgbench"]:
+        groups += [(f"pgbench -S\n{c} conns", r["pgbench"][c]) for c in ("4", "16")]
+    width = 0.38
+    for i, p in enumerate(("portforward", "tunnel")):
+        values = [med(g[p]["tps"]) for _, g in groups]
+        bars = ax2.bar(
+            [x + (i - 0.5) * width for x in range(len(groups))],
+            values,
+            width,
+            label=p,
+            color=colors[p],
+        )
+        labelBars(ax2, bars, [f"{v:,.0f}" for v in values], 7)
+    ax2.set_xticks(range(len(groups)))
+    ax2.set_xticklabels(
+        [f"{name}\ntunnel / pf: {med(g['ratio']):.2f}" for name, g in groups], fontsize=8
+    )
+    ax2.set_ylabel("transactions per second (higher is better)")
+    ax2.set_title("Small request/response exchanges, connections at once (loopback)")
+    ax2.legend(fontsize=8, loc="upper left")
+    ax2.margins(y=0.12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def keptNotes() -> str:
     try:
         with open(MD) as f:
@@ -521,11 +601,13 @@ def formatSize(size: int) -> str:
 
 
 def render(r: dict[str, Any], write: bool = True) -> str:
-    """The printed report; with C{write}, also the doc page and the plot."""
+    """The printed report; with C{write}, also the doc page and the plots."""
     printed = tables(r) + "\n\n**Targets**\n\n" + targetsTable(r) + "\n\n" + machineText(r)
     if not write:
         return printed
     plot(r, PNG)
+    plotNetwork(r, NETWORK_PNG)
+    rtt = r["wan"]["rttMs"]
     page = f"""# Performance
 
 How much a tunnel costs over a plain TCP relay, measured by `make bench`
@@ -542,9 +624,15 @@ with two cores shared with the load generator and the target.
 
 ## Results
 
-{tables(r)}
+{loopbackTables(r)}
 
 ![Throughput and connection setup against the baselines](performance.png)
+
+### Over a network, and small messages
+
+{networkTables(r)}
+
+![Connection setup at {rtt:g} ms RTT, and small exchanges against portforward](performance-wan.png)
 
 ## Targets
 
@@ -561,13 +649,37 @@ make bench
 ```
 
 One command, no arguments, a few minutes.  It prints the same tables,
-rewrites this page (this page's notes section is kept) and the plot, and
+rewrites this page (this page's notes section is kept) and the plots, and
 leaves the raw figures in `bench/results/latest.json` (not committed) and
 the relay processes' logs in `bench/results/*.log`.  `BENCH_QUICK=1 make
 bench` runs every workload small, as a smoke test, without touching this
 page.  Sizes, as issue 5 asks: {formatSize(r["sizes"]["bulk"])} per bulk
 transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 MB/s
 (almost two minutes of the run on its own).
+
+**Parts, repeats, RTT.**  `BENCH_ONLY=PART,...` (or `bench/run.py --only
+PART,...`) runs only some of the parts `bulk`, `latency`, `small`,
+`pgbench`, `idle`, `slow` and `wan`; `BENCH_REPEAT=N` (`--repeat N`) runs
+the whole selection N times, each with fresh processes, prints each
+repeat's ratios and reports medians over all of them; `BENCH_RTT_MS=MS`
+(`--rtt MS`) sets the WAN part's round trip (20 ms by default), e.g.
+`BENCH_ONLY=wan,small BENCH_REPEAT=3 make bench`.  Only a full run (all
+parts, not quick) rewrites this page.  The `wan` part puts a delay relay
+(`bench/delay.py`, in user space: netem is absent on these machines)
+between the tunnel client and the local sprite server, or between the load
+generator and the target for direct TCP; it emulates a link with that
+round trip and no bandwidth limit: every chunk is held half an RTT in each
+direction, in order, and nothing the connecting side sends leaves before
+one RTT after it connected (the TCP handshake, which loopback skips), so a
+direct TCP exchange takes two RTTs, the lower limit a tunnel's one RTT is
+measured against.  Warm tunnels and early data are measured with
+`SpritesClient(..., prewarm=1)` and `prewarm=1, earlyData=True` when the
+client's signature has them, else reported as not in this version.  The
+`pgbench` part needs PostgreSQL (`make bench` installs Debian's
+`postgresql` when run as root with apt-get, unless `BENCH_NO_APT=1`) and
+starts a throwaway cluster on 127.0.0.1 in a temporary directory, as the
+`postgres` user when run as root; without it that part says why it was
+skipped.
 
 ## Notes
 
