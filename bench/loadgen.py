@@ -233,6 +233,14 @@ class Proc:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def runtime(self) -> float:
+        """CPU seconds so far, to the nanosecond (schedstat, all threads)."""
+        total = 0
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+
     def status(self, key: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
         with open(f"/proc/{self.pid}/status") as f:
@@ -265,7 +273,7 @@ class Proc:
                 self.popen.wait(3)
 
 
-def start(role: str, *args: int) -> Proc:
+def start(role: str, *args: int | str) -> Proc:
     """Start C{role} (see C{roles.py}) and wait for its C{READY} line."""
     here = os.path.dirname(os.path.abspath(__file__))
     popen = subprocess.Popen(

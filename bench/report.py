@@ -353,13 +353,54 @@ def pgbenchTable(r: dict[str, Any]) -> str:
     )
 
 
+def tlsTable(r: dict[str, Any]) -> str:
+    t = r["tls"]
+    if "skipped" in t:
+        return f"**TLS**: skipped: {t['skipped']}"
+    names = {
+        "ws": "ws://",
+        "wss": "wss://, server without resumption",
+        "wss-resumable": "wss://, server offering resumption",
+    }
+    base = med(t["ws"]["client"])
+    rows = [
+        [
+            names[p],
+            f"{med(t[p]['median']):.2f}",
+            f"{med(t[p]['client']):.2f}",
+            f"{med(t[p]['server']):.2f}",
+            f"{med(t[p]['client']) / base:.2f}",
+        ]
+        for p in names
+        if p in t
+    ]
+    s = r["sizes"]
+    return (
+        f"**TLS handshake cost** (loopback): {s.get('tlsN', 0)} sequential tunnels, cold, per "
+        "path; CPU milliseconds per tunnel (schedstat, teardown included), median of "
+        f"{s.get('tlsReps', 0) * r.get('repeat', 1)} runs.  The resuming server sets Twisted's "
+        "`enableSessions` and `enableSessionTickets`; an `ssl:` endpoint string (so "
+        "`twistd sprites-local`) sets neither, and nothing can resume against it\n\n"
+        + table(
+            [
+                "API",
+                "setup median ms",
+                "client CPU ms / tunnel",
+                "server CPU ms / tunnel",
+                "client CPU / ws",
+            ],
+            rows,
+        )
+    )
+
+
 def tables(r: dict[str, Any]) -> str:
     """Every table of the parts that ran."""
     return "\n\n".join(p for p in (loopbackTables(r), networkTables(r)) if p)
 
 
 def networkTables(r: dict[str, Any]) -> str:
-    """The WAN, small-message and pgbench tables (issue 11)."""
+    """The WAN, small-message, pgbench and TLS tables (issue 11)."""
     parts = []
     if "wan" in r:
         parts.append(wanTable(r))
@@ -367,6 +408,8 @@ def networkTables(r: dict[str, Any]) -> str:
         parts.append(smallTable(r))
     if "pgbench" in r:
         parts.append(pgbenchTable(r))
+    if "tls" in r:
+        parts.append(tlsTable(r))
     return "\n\n".join(parts)
 
 
@@ -659,7 +702,7 @@ transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 M
 
 **Parts, repeats, RTT.**  `BENCH_ONLY=PART,...` (or `bench/run.py --only
 PART,...`) runs only some of the parts `bulk`, `latency`, `small`,
-`pgbench`, `idle`, `slow` and `wan`; `BENCH_REPEAT=N` (`--repeat N`) runs
+`pgbench`, `tls`, `idle`, `slow` and `wan`; `BENCH_REPEAT=N` (`--repeat N`) runs
 the whole selection N times, each with fresh processes, prints each
 repeat's ratios and reports medians over all of them; `BENCH_RTT_MS=MS`
 (`--rtt MS`) sets the WAN part's round trip (20 ms by default), e.g.
@@ -675,6 +718,10 @@ direct TCP exchange takes two RTTs, the lower limit a tunnel's one RTT is
 measured against.  Warm tunnels and early data are measured with
 `SpritesClient(..., prewarm=1)` and `prewarm=1, earlyData=True` when the
 client's signature has them, else reported as not in this version.  The
+`tls` part measures cold tunnels over `ws://` and `wss://` (a throwaway CA
+made like `tests/pki.py`'s) against a server that refuses TLS session
+resumption and one that offers it: the CPU a resumed handshake saves shows
+as the difference between the two.  The
 `pgbench` part needs PostgreSQL (`make bench` installs Debian's
 `postgresql` when run as root with apt-get, unless `BENCH_NO_APT=1`) and
 starts a throwaway cluster on 127.0.0.1 in a temporary directory, as the

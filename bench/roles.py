@@ -18,6 +18,12 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
   sprites-proxy`` runs); with PREWARM > 0 it passes ``prewarm=PREWARM`` and
   with EARLY = 1 ``earlyData=True`` (only where this version of the client
   has them: ``run.py`` checks first).
+- ``server-tls PEM RESUMABLE``: the same over TLS (``listenSSL``) with the
+  key and certificate in PEM; with RESUMABLE = 1 it offers session
+  resumption (``enableSessions`` and ``enableSessionTickets``), which
+  Twisted's ``ssl:`` endpoint strings (so ``twistd sprites-local``) do not.
+- ``client-tls API_PORT TARGET_PORT CA_PEM``: the tunnel client to an
+  ``https://`` API URL, trusting the CA in CA_PEM.
 - ``portforward TARGET_PORT``: Twisted's own ``twisted.protocols.portforward``.
 - ``delay RTT_MICROSECONDS UPSTREAM_PORT``: the WAN mode's delay relay
   (``delay.py``), in front of the local sprite server or the target.
@@ -156,19 +162,34 @@ def startLogging(role: str) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
 
 
-def runServer() -> None:
+def runServer(pemPath: str = "", resumable: int = 0) -> None:
     from twisted.internet import reactor
 
     from sprites_twisted.server import LocalSpriteServer
 
     startLogging("server")
     server = LocalSpriteServer(reactor, TOKEN, maxTunnels=20000)
-    port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
+    if pemPath:
+        from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
+        with open(pemPath) as f:
+            certificate = PrivateCertificate.loadPEM(f.read())
+        options = CertificateOptions(
+            privateKey=certificate.privateKey.original,
+            certificate=certificate.original,
+            enableSessions=bool(resumable),
+            enableSessionTickets=bool(resumable),
+        )
+        port = reactor.listenSSL(0, server.factory(), options, backlog=1024, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port, maskerInUse())
     reactor.run()
 
 
-def runClient(apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 0) -> None:
+def runClient(
+    apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 0, caPath: str = ""
+) -> None:
     from twisted.internet import reactor
 
     from sprites_twisted.client import SpritesClient
@@ -179,7 +200,10 @@ def runClient(apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 
         options["prewarm"] = prewarm
     if earlyData:
         options["earlyData"] = True
-    client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{apiPort}", **options)
+    scheme = "http"
+    if caPath:
+        scheme, options["trustRoot"] = "https", caPath
+    client = SpritesClient(reactor, TOKEN, f"{scheme}://127.0.0.1:{apiPort}", **options)
 
     def listening(session: object) -> None:
         ready(session.localPort, maskerInUse())  # type: ignore[attr-defined]
@@ -238,13 +262,17 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGUSR1, dumpObjectCounts)
     raiseFileLimit()
     exitWhenStdinCloses()
-    role, args = argv[0], [int(a) for a in argv[1:]]
+    role, args = argv[0], [int(a) if a.isdigit() else a for a in argv[1:]]
     if role == "target":
         runTarget(*args)
     elif role == "server":
         runServer()
+    elif role == "server-tls":
+        runServer(*args)
     elif role == "client":
         runClient(*args)
+    elif role == "client-tls":
+        runClient(args[0], args[1], caPath=args[2])
     elif role == "portforward":
         runPortforward(*args)
     elif role == "delay":

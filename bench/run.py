@@ -20,6 +20,10 @@ The parts (``--only`` / ``BENCH_ONLY``, comma-separated; all by default):
   PostgreSQL).
 - ``idle``: memory per idle tunnel.
 - ``slow``: memory with a slow reader.
+- ``tls``: connection setup time and CPU per tunnel over ``ws://`` and
+  ``wss://`` (a throwaway CA like ``tests/pki.py``'s), the latter against
+  a server that refuses TLS session resumption (like ``twistd
+  sprites-local`` on an ``ssl:`` endpoint) and one that offers it.
 - ``wan``: connection setup through the delay relay (``delay.py``) with
   ``--rtt`` / ``BENCH_RTT_MS`` milliseconds of round trip (20 by default),
   in ms and in RTTs: direct TCP, the tunnel cold, warm, warm with early
@@ -65,7 +69,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 
-PARTS = ("bulk", "latency", "small", "pgbench", "idle", "slow", "wan")
+PARTS = ("bulk", "latency", "small", "pgbench", "tls", "idle", "slow", "wan")
 
 BULK_SIZE = 64 * MiB if QUICK else GiB
 BULK_REPS = 2 if QUICK else 5
@@ -74,7 +78,7 @@ SETUP_REPS = 1 if QUICK else 3
 #: Loopback setup with warm tunnels: connections this far apart, so that
 #: the client has its spare tunnel back (the cold tunnel is measured the
 #: same way next to it).
-SPACED_N = 40 if QUICK else 200
+SPACED_N = 40 if QUICK else 150
 SPACED_GAP = 0.005
 PING_N = 500 if QUICK else 2000
 PING_REPS = 1 if QUICK else 3
@@ -86,10 +90,15 @@ SMALL_SECONDS = 1.0 if QUICK else 3.0
 SMALL_REPS = 1 if QUICK else 2
 SMALL_MAX = 2_000_000
 SMALL_REQUEST, SMALL_RESPONSE = 100, 1024
-PG_SECONDS = 2 if QUICK else 4
-PG_REPS = 1 if QUICK else 2
+PG_SECONDS = 2 if QUICK else 3
+PG_REPS = 1
+TLS_N = 50 if QUICK else 150
+TLS_REPS = 1
+#: Seconds for the tunnels of a setup workload to be torn down (each local
+#: close lingers for the listener's 2-second half-close wait).
+TEARDOWN = 2.5
 #: WAN setup: connections per path, taken in turn over the paths.
-WAN_N = 8 if QUICK else 25
+WAN_N = 8 if QUICK else 20
 DEFAULT_RTT_MS = 20.0
 #: The whole run (each repeat) is killed after this many seconds.
 DEADLINE = 900
@@ -322,6 +331,56 @@ def pgbenchPart(lab: Lab) -> dict[str, Any]:
         cluster.stop()
 
 
+def tlsPart(lab: Lab) -> dict[str, Any]:
+    """
+    Sequential tunnel setups over ws and wss: median ms, and CPU ms per
+    tunnel of the client and the server (teardown included).
+    """
+    import shutil
+    import tempfile
+
+    try:
+        from tests.pki import sharedPKI
+    except ImportError as e:
+        log(f"tls: skipped: {e}")
+        return {"skipped": f"cannot make a throwaway CA: {e}"}
+    directory = tempfile.mkdtemp(prefix="sprites-bench-tls-")
+    procs: list[L.Proc] = []
+    try:
+        pki = sharedPKI()
+        ca, pem = pki.writeCA(directory), pki.good.write(directory, "server")
+        target = lab.get("target").port
+        paths = {"ws": (lab.get("client"), lab.get("server"))}
+        for name, resumable in (("wss", 0), ("wss-resumable", 1)):
+            server = L.start("server-tls", pem, resumable)
+            client = L.start("client-tls", server.port, target, ca)
+            procs += [client, server]
+            paths[name] = (client, server)
+        out: dict[str, Any] = {p: {"median": [], "client": [], "server": []} for p in paths}
+        for client, _ in paths.values():
+            setupTimes(client.port, 5)
+        settle(TEARDOWN)
+        for rep in range(TLS_REPS):
+            for path, (client, server) in paths.items():
+                cpu0 = (client.runtime(), server.runtime())
+                times = setupTimes(client.port, TLS_N)
+                settle(TEARDOWN)
+                entry = out[path]
+                entry["median"].append(statistics.median(times) * 1e3)
+                entry["client"].append((client.runtime() - cpu0[0]) / TLS_N * 1e3)
+                entry["server"].append((server.runtime() - cpu0[1]) / TLS_N * 1e3)
+                log(
+                    f"tls {rep + 1}/{TLS_REPS} {path:13} setup {entry['median'][-1]:.2f} ms, "
+                    f"CPU per tunnel client {entry['client'][-1]:.2f} ms, "
+                    f"server {entry['server'][-1]:.2f} ms"
+                )
+        return out
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def idle(targetPort: int) -> dict[str, Any]:
     """IDLE_N concurrent idle connections through fresh relay processes."""
     out: dict[str, Any] = {}
@@ -498,6 +557,8 @@ def runOnce(parts: list[str], rttMs: float, feature: dict[str, bool]) -> dict[st
                 gc.enable()
         if "pgbench" in parts:
             results["pgbench"] = pgbenchPart(lab)
+        if "tls" in parts:
+            results["tls"] = tlsPart(lab)
         lab.stop("client", "client-warm", "client-early", "portforward", "server")
         if "idle" in parts:
             results["idle"] = idle(lab.get("target").port)
@@ -598,6 +659,8 @@ def main(argv: list[str]) -> None:
         "pgSeconds": PG_SECONDS,
         "pgReps": PG_REPS,
         "wanN": WAN_N,
+        "tlsN": TLS_N,
+        "tlsReps": TLS_REPS,
     }
     results["quick"] = QUICK
     results["seconds"] = time.monotonic() - started
