@@ -700,33 +700,26 @@ page.  Sizes, as issue 5 asks: {formatSize(r["sizes"]["bulk"])} per bulk
 transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 MB/s
 (almost two minutes of the run on its own).
 
-**Parts, repeats, RTT.**  `BENCH_ONLY=PART,...` (or `bench/run.py --only
-PART,...`) runs only some of the parts `bulk`, `latency`, `small`,
-`pgbench`, `tls`, `idle`, `slow` and `wan`; `BENCH_REPEAT=N` (`--repeat N`) runs
-the whole selection N times, each with fresh processes, prints each
-repeat's ratios and reports medians over all of them; `BENCH_RTT_MS=MS`
-(`--rtt MS`) sets the WAN part's round trip (20 ms by default), e.g.
-`BENCH_ONLY=wan,small BENCH_REPEAT=3 make bench`.  Only a full run (all
-parts, not quick) rewrites this page.  The `wan` part puts a delay relay
-(`bench/delay.py`, in user space: netem is absent on these machines)
-between the tunnel client and the local sprite server, or between the load
-generator and the target for direct TCP; it emulates a link with that
-round trip and no bandwidth limit: every chunk is held half an RTT in each
-direction, in order, and nothing the connecting side sends leaves before
-one RTT after it connected (the TCP handshake, which loopback skips), so a
-direct TCP exchange takes two RTTs, the lower limit a tunnel's one RTT is
-measured against.  Warm tunnels and early data are measured with
-`SpritesClient(..., prewarm=1)` and `prewarm=1, earlyData=True` when the
-client's signature has them, else reported as not in this version.  The
-`tls` part measures cold tunnels over `ws://` and `wss://` (a throwaway CA
-made like `tests/pki.py`'s) against a server that refuses TLS session
-resumption and one that offers it: the CPU a resumed handshake saves shows
-as the difference between the two.  The
-`pgbench` part needs PostgreSQL (`make bench` installs Debian's
-`postgresql` when run as root with apt-get, unless `BENCH_NO_APT=1`) and
-starts a throwaway cluster on 127.0.0.1 in a temporary directory, as the
-`postgres` user when run as root; without it that part says why it was
-skipped.
+**Running parts.**  `BENCH_ONLY=wan,small make bench` (or `bench/run.py
+--only wan,small`) runs only those of the parts `bulk`, `latency`, `small`,
+`pgbench`, `tls`, `idle`, `slow` and `wan`; `BENCH_REPEAT=3` (`--repeat 3`)
+runs the whole selection three times, each with fresh processes, prints
+each repeat's ratios and reports medians over all; `BENCH_RTT_MS=50`
+(`--rtt 50`) sets the WAN round trip (20 ms by default).  Only a full run
+(all parts, not quick) rewrites this page.  The `wan` part's delay relay
+(`bench/delay.py`, in user space since netem is absent here) sits between
+the tunnel client and the local sprite server (for direct TCP, between the
+load generator and the target) and emulates a link of that round trip with
+no bandwidth limit: each chunk is held half an RTT in each direction, in
+order, and nothing the connecting side sends passes before one RTT after it
+connected (the TCP handshake, which loopback skips), so direct TCP takes two
+RTTs from connect to the first echoed byte.  Warm tunnels and early data are
+measured with `SpritesClient(..., prewarm=1)` and `prewarm=1,
+earlyData=True` where the client has them, else reported as not in this
+version; `tls` compares a server refusing TLS session resumption with one
+offering it; `pgbench` runs on a throwaway PostgreSQL cluster on 127.0.0.1
+(`make bench` installs Debian's `postgresql` when root with apt-get, unless
+`BENCH_NO_APT=1`) and is skipped, with the reason, without one.
 
 ## Notes
 
