@@ -8,16 +8,19 @@ protocol (see ``roles.py``).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from roles import HEADER, recvDiscard, sendZeros
+from roles import HEADER, TOKEN, recvDiscard, recvExactly, sendZeros
 
 TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -171,6 +174,83 @@ def transactions(
     finally:
         for sock in socks:
             sock.close()
+
+
+# --- a bare WebSocket (the WAN part's reference) -----------------------------
+
+
+def _clientFrame(opcode: int, payload: bytes) -> bytes:
+    """One masked client frame (RFC 6455), FIN set."""
+    key = os.urandom(4)
+    mask = (key * (len(payload) // 4 + 1))[: len(payload)]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(
+        len(payload), "big"
+    )
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    return bytes([0x80 | opcode]) + length + key + masked
+
+
+def _readFrame(sock: socket.socket) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    head = recvExactly(sock, 2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", recvExactly(sock, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", recvExactly(sock, 8))[0]
+    return head[0] & 0x0F, recvExactly(sock, n)
+
+
+def openWebSocket(apiPort: int) -> socket.socket:
+    """An upgraded proxy WebSocket to the local sprite server, not yet initialised."""
+    sock = connect(apiPort)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /v1/sprites/bench/proxy HTTP/1.1\r\nHost: 127.0.0.1:{apiPort}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise EOFError("the server closed during the upgrade")
+        response += chunk
+    if b" 101 " not in response.split(b"\r\n", 1)[0]:
+        raise EOFError(f"upgrade refused: {response[:80]!r}")
+    return sock
+
+
+def warmFirstByte(sock: socket.socket, targetPort: int, earlyData: bool) -> float:
+    """
+    On an open WebSocket (L{openWebSocket}): send the init, then (after the
+    reply, or at once with C{earlyData}) an echo request; seconds until the
+    first echoed byte.  The lower bound of a warm tunnel, without a client.
+    """
+    init = _clientFrame(1, json.dumps({"host": "localhost", "port": targetPort}).encode())
+    data = _clientFrame(2, HEADER.pack(b"E", 0) + b"x")
+    start = time.perf_counter()
+    if earlyData:
+        sock.sendall(init + data)
+    else:
+        sock.sendall(init)
+    opcode, reply = _readFrame(sock)
+    if opcode != 1 or json.loads(reply).get("status") != "connected":
+        raise EOFError(f"the tunnel failed: {reply[:80]!r}")
+    if not earlyData:
+        sock.sendall(data)
+    while True:
+        opcode, payload = _readFrame(sock)
+        if opcode == 2 and payload:
+            if payload[:1] != b"x":
+                raise EOFError("no echo")
+            return time.perf_counter() - start
+        if opcode == 8:
+            raise EOFError("the tunnel closed before the echo")
 
 
 def openIdle(port: int, count: int, batch: int = 50) -> list[socket.socket]:

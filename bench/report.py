@@ -93,6 +93,8 @@ SETUP_NAMES = {
     "cold": "tunnel, cold",
     "warm": "tunnel, warm",
     "early": "tunnel, warm + early data",
+    "bare-warm": "reference: a bare WebSocket opened beforehand, init then data",
+    "bare-early": "reference: the same, init and data at once",
 }
 NOT_HERE = "n/a (not in this version)"
 
@@ -284,7 +286,9 @@ def wanTable(r: dict[str, Any]) -> str:
     w = r["wan"]
     rtt = w["rttMs"]
     rows = []
-    for path in ("direct", "cold", "warm", "early"):
+    for path in ("direct", "cold", "warm", "early", "bare-warm", "bare-early"):
+        if path.startswith("bare") and path not in w["ms"]:
+            continue
         ms = w["ms"].get(path)
         if not ms:
             rows.append([SETUP_NAMES[path], NOT_HERE, "", "", ""])
@@ -570,29 +574,35 @@ def plotNetwork(r: dict[str, Any], path: str) -> None:
     if "wan" in r:
         rtt = r["wan"]["rttMs"]
         medians = wanMedians(r)
-        order = ("direct", "cold", "warm", "early")
+        order = [
+            p
+            for p in ("direct", "cold", "warm", "early", "bare-warm", "bare-early")
+            if not p.startswith("bare") or p in medians
+        ]
         limits = {"cold": 4.3, "warm": 2.3, "early": 1.3}
         values = [medians.get(p, 0.0) / rtt for p in order]
+        shade = {"direct": colors["direct"], "bare-warm": "#c8c8c8", "bare-early": "#c8c8c8"}
         bars = ax1.bar(
-            range(len(order)),
-            values,
-            0.55,
-            color=[colors["direct"] if p == "direct" else colors["tunnel"] for p in order],
+            range(len(order)), values, 0.55, color=[shade.get(p, colors["tunnel"]) for p in order]
         )
-        labelBars(
-            ax1,
-            bars,
-            [f"{v:.2f}" if p in medians else "n/a" for p, v in zip(order, values, strict=True)],
-            8,
-        )
+        labels = [f"{v:.2f}" if p in medians else "n/a" for p, v in zip(order, values, strict=True)]
+        labelBars(ax1, bars, labels, 8)
         for i, p in enumerate(order):
             if p in limits:
                 label = "target" if p == "cold" else None
                 ax1.hlines(
                     limits[p], i - 0.35, i + 0.35, colors="#c44e52", linestyles="--", label=label
                 )
+        names = {
+            "direct": "direct\nTCP",
+            "cold": "tunnel\ncold",
+            "warm": "tunnel\nwarm",
+            "early": "warm +\nearly data",
+            "bare-warm": "bare WS\n(ref.)",
+            "bare-early": "bare WS +\nearly (ref.)",
+        }
         ax1.set_xticks(range(len(order)))
-        ax1.set_xticklabels(["direct TCP", "tunnel\ncold", "tunnel\nwarm", "warm +\nearly data"])
+        ax1.set_xticklabels([names[p] for p in order], fontsize=8)
         ax1.set_ylabel("round trips (lower is better)")
         ax1.set_title(f"Setup to first echoed byte at {rtt:g} ms RTT")
         ax1.legend(fontsize=8, loc="upper right")

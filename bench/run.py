@@ -455,9 +455,10 @@ def wan(lab: Lab, rttMs: float) -> dict[str, Any]:
     """
     Connection setup through the delay relay: direct TCP (the target behind
     the relay) and the tunnel client with the local sprite server behind
-    the relay, cold, warm and warm with early data.  One connection per
-    path in turn, each followed by a pause of a few RTTs (time for a warm
-    client to open its next spare tunnel).
+    the relay, cold, warm and warm with early data; then, as the lower
+    bound of a warm tunnel, a WebSocket this process opened beforehand.
+    One connection per path in turn, each followed by a pause of a few RTTs
+    (time for a warm client to open its next spare tunnel).
     """
     rtt = rttMs / 1e3
     micros = round(rttMs * 1000)
@@ -481,10 +482,15 @@ def wan(lab: Lab, rttMs: float) -> dict[str, Any]:
         for port in paths.values():
             setupTimes(port, 3, gap)
         times: dict[str, list[float]] = {p: [] for p in paths}
+        times["bare-warm"], times["bare-early"] = [], []
         for _ in range(WAN_N):
             for path, port in paths.items():
                 times[path].append(L.firstByte(port) * 1e3)
                 time.sleep(gap)
+            for path, early in (("bare-warm", False), ("bare-early", True)):
+                with L.openWebSocket(toServer.port) as sock:
+                    time.sleep(gap)
+                    times[path].append(L.warmFirstByte(sock, target, early) * 1e3)
         for path, ms in times.items():
             m = statistics.median(ms)
             log(f"wan {rttMs:g} ms RTT {path:6} median {m:7.2f} ms = {m / rttMs:.2f} RTT")
