@@ -115,6 +115,8 @@ def issue11(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             if path in medians:
                 rtts = medians[path] / rtt
                 out.append((name, f"{rtts:.2f} RTT ({medians[path]:.1f} ms)", rtts <= limit))
+            elif path in r["wan"].get("failed", {}):
+                out.append((name, "failed", False))
             else:
                 out.append((name, NOT_HERE, None))
     if "setup" in r:
@@ -125,6 +127,8 @@ def issue11(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if "warm" in spaced:
             warm = med(spaced["warm"]["median"])
             out.append((name, f"{warm:.2f} ms", warm <= 0.8))
+        elif "warm" in spaced.get("failed", {}):
+            out.append((name, "failed", False))
         else:
             out.append((name, NOT_HERE, None))
     if "small" in r:
@@ -262,7 +266,9 @@ def latencyTables(r: dict[str, Any]) -> list[str]:
     spaced = r.get("setupSpaced", {})
     rows = []
     for path in ("cold", "warm", "early"):
-        if path in spaced:
+        if path in spaced.get("failed", {}):
+            rows.append([SETUP_NAMES[path], f"failed: {spaced['failed'][path]}", ""])
+        elif path in spaced:
             rows.append(
                 [
                     SETUP_NAMES[path],
@@ -290,6 +296,9 @@ def wanTable(r: dict[str, Any]) -> str:
         if path.startswith("bare") and path not in w["ms"]:
             continue
         ms = w["ms"].get(path)
+        if path in w.get("failed", {}):
+            rows.append([SETUP_NAMES[path], f"failed: {w['failed'][path]}", "", "", ""])
+            continue
         if not ms:
             rows.append([SETUP_NAMES[path], NOT_HERE, "", "", ""])
             continue

@@ -78,8 +78,8 @@ SETUP_REPS = 1 if QUICK else 3
 #: Loopback setup with warm tunnels: connections this far apart, so that
 #: the client has its spare tunnel back (the cold tunnel is measured the
 #: same way next to it).
-SPACED_N = 40 if QUICK else 150
-SPACED_GAP = 0.005
+SPACED_N = 40 if QUICK else 100
+SPACED_GAP = 0.010
 PING_N = 500 if QUICK else 2000
 PING_REPS = 1 if QUICK else 3
 IDLE_N = 500 if QUICK else 5000
@@ -186,6 +186,15 @@ def bulk(paths: dict[str, tuple[int, list[L.Proc]]]) -> dict[str, Any]:
     return out
 
 
+#: What a new client feature's path may fail with; it is then reported as
+#: failed and the run goes on.
+FEATURE_ERRORS = (OSError, EOFError, RuntimeError)
+
+
+def describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
 def setupTimes(port: int, count: int, gap: float = 0.0) -> list[float]:
     """C{count} sequential connect-to-first-echoed-byte times, C{gap} apart."""
     times = []
@@ -228,13 +237,20 @@ def latency(lab: Lab) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     back = setup(paths)
     ping = pingPong(paths)
     spacedPaths = {"cold": paths["tunnel"]}
-    if lab.feature["prewarm"]:
-        spacedPaths["warm"] = lab.get("client-warm").port
-        if lab.feature["earlyData"]:
-            spacedPaths["early"] = lab.get("client-early").port
-    for port in spacedPaths.values():
-        setupTimes(port, 5, SPACED_GAP)
+    failed: dict[str, str] = {}
+    for path, name in (("warm", "client-warm"), ("early", "client-early")):
+        if lab.feature["prewarm"] and (path == "warm" or lab.feature["earlyData"]):
+            try:
+                spacedPaths[path] = lab.get(name).port
+                setupTimes(spacedPaths[path], 5, SPACED_GAP)
+            except FEATURE_ERRORS as e:
+                failed[path] = describe(e)
+                spacedPaths.pop(path, None)
+                log(f"setup {path}: failed: {failed[path]}")
+    setupTimes(spacedPaths["cold"], 5, SPACED_GAP)
     spaced = setup(spacedPaths, SPACED_N, SPACED_GAP)
+    if failed:
+        spaced["failed"] = failed
     return back, ping, spaced
 
 
@@ -474,27 +490,53 @@ def wan(lab: Lab, rttMs: float) -> dict[str, Any]:
             del clients["warm"], clients["early"]
         elif not lab.feature["earlyData"]:
             del clients["early"]
+        failed: dict[str, str] = {}
         for path, extra in clients.items():
-            proc = L.start("client", toServer.port, target, *extra)
+            try:
+                proc = L.start("client", toServer.port, target, *extra)
+            except FEATURE_ERRORS as e:
+                failed[path] = describe(e)
+                continue
             procs.append(proc)
             paths[path] = proc.port
         gap = max(0.05, 4 * rtt)
-        for port in paths.values():
-            setupTimes(port, 3, gap)
         times: dict[str, list[float]] = {p: [] for p in paths}
         times["bare-warm"], times["bare-early"] = [], []
+
+        def measure(path: str, once: Callable[[], float]) -> None:
+            if path in failed:
+                return
+            try:
+                times[path].append(once() * 1e3)
+            except FEATURE_ERRORS as e:
+                if path in ("direct", "cold"):
+                    raise
+                failed[path] = describe(e)
+                log(f"wan {path}: failed: {failed[path]}")
+
+        def bare(early: bool) -> float:
+            with L.openWebSocket(toServer.port) as sock:
+                time.sleep(gap)
+                return L.warmFirstByte(sock, target, early)
+
+        for path, port in paths.items():
+            for _ in range(3):
+                measure(path, lambda port=port: L.firstByte(port))
+                time.sleep(gap)
+            times[path].clear()
         for _ in range(WAN_N):
             for path, port in paths.items():
-                times[path].append(L.firstByte(port) * 1e3)
+                measure(path, lambda port=port: L.firstByte(port))
                 time.sleep(gap)
-            for path, early in (("bare-warm", False), ("bare-early", True)):
-                with L.openWebSocket(toServer.port) as sock:
-                    time.sleep(gap)
-                    times[path].append(L.warmFirstByte(sock, target, early) * 1e3)
+            measure("bare-warm", lambda: bare(False))
+            measure("bare-early", lambda: bare(True))
         for path, ms in times.items():
-            m = statistics.median(ms)
-            log(f"wan {rttMs:g} ms RTT {path:6} median {m:7.2f} ms = {m / rttMs:.2f} RTT")
-        return {"rttMs": rttMs, "ms": times}
+            if ms and path not in failed:
+                m = statistics.median(ms)
+                log(f"wan {rttMs:g} ms RTT {path:6} median {m:7.2f} ms = {m / rttMs:.2f} RTT")
+        for path in failed:
+            times.pop(path, None)
+        return {"rttMs": rttMs, "ms": times, "failed": failed}
     finally:
         for p in procs:
             p.stop()
