@@ -507,7 +507,11 @@ def machineText(r: dict[str, Any]) -> str:
         f"- Autobahn NVX masking: {'available' if m['nvx'] else 'NOT available'}; the relay's "
         f"framing masks and unmasks with (client) `{masker.get('client', '?')}`, "
         f"(server) `{masker.get('server', '?')}`\n"
-        f"- measured {m['date']}; the whole run took {r['seconds']:.0f} s"
+        f"- measured {m['date']} on commit {m.get('code', '?')}, "
+        f"{r.get('repeat', 1)} repeat(s); the whole run took {r['seconds']:.0f} s\n"
+        f"- client features found: "
+        f"{', '.join(k for k, v in r.get('features', {}).items() if v) or 'none'} "
+        "(`prewarm`, `earlyData` in `SpritesClient`'s signature)"
     )
 
 

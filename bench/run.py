@@ -35,7 +35,8 @@ figures of each repeat stay in the JSON).
 
 Writes ``docs/performance.md`` (keeping its hand-written notes section),
 ``docs/performance.png``, ``docs/performance-wan.png`` and
-``bench/results/latest.json``, and prints the tables.  ``BENCH_QUICK=1``
+``bench/results/latest.json`` (and a dated copy, ``run-*.json``, for
+``bench/compare.py``), and prints the tables.  ``BENCH_QUICK=1``
 shrinks every workload for a smoke run; a quick run or one with only some
 parts writes only the JSON (``latest.json``) and prints.
 """
@@ -542,6 +543,30 @@ def wan(lab: Lab, rttMs: float) -> dict[str, Any]:
             p.stop()
 
 
+def codeVersion() -> str:
+    """The commit measured (with ``+changes`` for uncommitted edits), or ``?``."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "sprites_twisted"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + ("+changes" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     import autobahn
     from autobahn.websocket import USES_NVX
@@ -685,6 +710,7 @@ def main(argv: list[str]) -> None:
             print(f"\n--- repeat {n + 1}/{args.repeat} ---\n{report.summary(runs[-1])}", flush=True)
     results: dict[str, Any] = merge(runs)
     results["machine"] = machine()
+    results["machine"]["code"] = codeVersion()
     results["machine"]["masker"] = results.pop("masker", {})
     results["features"] = feature
     results["parts"] = args.parts
@@ -712,8 +738,10 @@ def main(argv: list[str]) -> None:
     }
     results["quick"] = QUICK
     results["seconds"] = time.monotonic() - started
-    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("latest.json", f"run-{stamp}.json"):
+        with open(os.path.join(RESULTS, name), "w") as f:
+            json.dump(results, f, indent=1)
     write = not QUICK and set(args.parts) == set(PARTS)
     table = report.render(results, write=write)
     print(table)
