@@ -729,7 +729,10 @@ transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 M
 runs the whole selection three times, each with fresh processes, prints
 each repeat's ratios and reports medians over all; `BENCH_RTT_MS=50`
 (`--rtt 50`) sets the WAN round trip (20 ms by default).  Only a full run
-(all parts, not quick) rewrites this page.  The `wan` part's delay relay
+(all parts, not quick) rewrites this page; every run leaves
+`bench/results/run-*.json` naming the commit it measured, and
+`.venv/bin/python bench/compare.py bench/results/run-*.json` puts runs side
+by side.  The `wan` part's delay relay
 (`bench/delay.py`, in user space since netem is absent here) sits between
 the tunnel client and the local sprite server (for direct TCP, between the
 load generator and the target) and emulates a link of that round trip with
