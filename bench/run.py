@@ -27,7 +27,8 @@ The parts (``--only`` / ``BENCH_ONLY``, comma-separated; all by default):
 - ``wan``: connection setup through the delay relay (``delay.py``) with
   ``--rtt`` / ``BENCH_RTT_MS`` milliseconds of round trip (20 by default),
   in ms and in RTTs: direct TCP, the tunnel cold, warm, warm with early
-  data.
+  data; and, as the lower bound of a warm tunnel, a bare WebSocket the
+  load generator opened beforehand (init then data, and both at once).
 
 ``--repeat N`` / ``BENCH_REPEAT`` runs the whole selection N times, each
 time with fresh processes, and reports medians over all of them (the raw
