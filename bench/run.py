@@ -540,6 +540,9 @@ def wan(lab: Lab, rttMs: float) -> dict[str, Any]:
                 log(f"wan {rttMs:g} ms RTT {path:6} median {m:7.2f} ms = {m / rttMs:.2f} RTT")
         for path in failed:
             times.pop(path, None)
+        direct = statistics.median(times["direct"]) / rttMs
+        if not 2 <= direct < 2.5:
+            log(f"wan: WARNING: direct TCP took {direct:.2f} RTT, where the relay should make it 2")
         return {"rttMs": rttMs, "ms": times, "failed": failed}
     finally:
         for p in procs:
