@@ -9,6 +9,7 @@ as it is when the file is regenerated.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from typing import Any
@@ -503,16 +504,23 @@ def targetsTable(r: dict[str, Any]) -> str:
 def machineText(r: dict[str, Any]) -> str:
     m = r["machine"]
     masker = m.get("masker", {})
+    features = ", ".join(k for k, v in r.get("features", {}).items() if v) or "none"
+    sources = r.get("sources", [])
+    if sources:
+        when = f"- measured in {len(sources)} runs, {r['seconds']:.0f} s in all:\n" + "".join(
+            f"  - {source}\n" for source in sources
+        )
+    else:
+        when = (
+            f"- measured {m['date']} on commit {m.get('code', '?')}, "
+            f"{r.get('repeat', 1)} repeat(s); the whole run took {r['seconds']:.0f} s\n"
+        )
     return (
         f"- {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}\n"
         f"- Python {m['python']}, Twisted {m['twisted']}, autobahn {m['autobahn']}\n"
         f"- Autobahn NVX masking: {'available' if m['nvx'] else 'NOT available'}; the relay's "
         f"framing masks and unmasks with (client) `{masker.get('client', '?')}`, "
-        f"(server) `{masker.get('server', '?')}`\n"
-        f"- measured {m['date']} on commit {m.get('code', '?')}, "
-        f"{r.get('repeat', 1)} repeat(s); the whole run took {r['seconds']:.0f} s\n"
-        f"- client features found: "
-        f"{', '.join(k for k, v in r.get('features', {}).items() if v) or 'none'} "
+        f"(server) `{masker.get('server', '?')}`\n" + when + f"- client features found: {features} "
         "(`prewarm`, `earlyData` in `SpritesClient`'s signature)"
     )
 
@@ -731,7 +739,9 @@ transfer, and the slow reader pulls {formatSize(r["sizes"]["slowSize"])} at 10 M
 runs the whole selection three times, each with fresh processes, prints
 each repeat's ratios and reports medians over all; `BENCH_RTT_MS=50`
 (`--rtt 50`) sets the WAN round trip (20 ms by default).  Only a full run
-(all parts, not quick) rewrites this page; every run leaves
+(all parts, not quick) rewrites this page, or `.venv/bin/python
+bench/report.py --write A.json B.json` from runs that together measured
+every part (each part whole from one run); every run leaves
 `bench/results/run-*.json` naming the commit it measured, and
 `.venv/bin/python bench/compare.py bench/results/run-*.json` puts runs side
 by side.  The `wan` part's delay relay
@@ -756,3 +766,78 @@ offering it; `pgbench` runs on a throwaway PostgreSQL cluster on 127.0.0.1
     with open(MD, "w") as f:
         f.write(page)
     return printed
+
+
+#: The result keys each part of ``run.py`` writes.
+PART_KEYS = {
+    "bulk": ("bulk",),
+    "latency": ("setup", "pingpong", "setupSpaced"),
+    "small": ("small",),
+    "pgbench": ("pgbench",),
+    "tls": ("tls",),
+    "idle": ("idle",),
+    "slow": ("slow",),
+    "wan": ("wan",),
+}
+
+
+def combine(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """
+    One result from several runs that each measured some of the parts:
+    each part is taken whole from the last run that has it, so its ratios
+    still come from one run; C{sources} says which run gave which part.
+    """
+    out: dict[str, Any] = {"sizes": {}, "parts": [], "sources": [], "seconds": 0.0}
+    for path, r in runs:
+        if r.get("quick"):
+            raise SystemExit(f"{path} is a quick run: its figures do not go on the page")
+        out["sizes"].update(r["sizes"])
+        masker = out.get("machine", {}).get("masker") or {}
+        out["machine"] = dict(r["machine"])
+        out["machine"]["masker"] = r["machine"].get("masker") or masker
+        out["features"] = r.get("features", {})
+        out["repeat"] = r.get("repeat", 1)
+        out["seconds"] += r["seconds"]
+        for part in r["parts"]:
+            for key in PART_KEYS[part]:
+                if key in r:
+                    out[key] = r[key]
+            if part not in out["parts"]:
+                out["parts"].append(part)
+        m = r["machine"]
+        out["sources"].append(
+            f"{os.path.basename(path)} (commit {m.get('code', '?')}, {m['date']}, "
+            f"{r.get('repeat', 1)} repeat(s)): {', '.join(r['parts'])}"
+        )
+    if len({json.dumps(r.get("features", {}), sort_keys=True) for _, r in runs}) > 1:
+        raise SystemExit("the runs measured client versions with different features")
+    if len({r.get("repeat", 1) for _, r in runs}) > 1:
+        raise SystemExit("the runs have different --repeat counts")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    """
+    ``python bench/report.py --write RUN.json ...``: rewrite the page and
+    plots from runs that together measured every part (e.g. the long
+    loopback parts in one run and the rest in another).
+    """
+    import sys
+
+    if len(argv) < 2 or argv[0] != "--write":
+        raise SystemExit(main.__doc__)
+    runs = []
+    for path in argv[1:]:
+        with open(path) as f:
+            runs.append((path, json.load(f)))
+    r = combine(runs)
+    missing = [p for p in PART_KEYS if p not in r["parts"]]
+    if missing:
+        raise SystemExit(f"no run measured {', '.join(missing)}: the page needs every part")
+    sys.stdout.write(render(r, write=True) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

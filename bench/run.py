@@ -39,7 +39,8 @@ Writes ``docs/performance.md`` (keeping its hand-written notes section),
 ``bench/results/latest.json`` (and a dated copy, ``run-*.json``, for
 ``bench/compare.py``), and prints the tables.  ``BENCH_QUICK=1``
 shrinks every workload for a smoke run; a quick run or one with only some
-parts writes only the JSON (``latest.json``) and prints.
+parts writes only the JSON and prints (``report.py --write`` makes the page
+from several partial runs).
 """
 
 from __future__ import annotations
