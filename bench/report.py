@@ -567,15 +567,26 @@ def plot(r: dict[str, Any], path: str) -> None:
     ax1.margins(y=0.12)
 
     st = r["setup"]
-    medians = [med(st[p]["median"]) for p in PATHS]
-    p99s = [med(st[p]["p99"]) for p in PATHS]
-    xs = range(len(PATHS))
-    bars = ax2.bar(xs, medians, 0.55, color=[colors[p] for p in PATHS], label="median")
+    spaced = r.get("setupSpaced", {})
+    entries = [(p, st[p], colors[p]) for p in PATHS]
+    entries += [
+        (f"{p}, spaced", spaced[p], colors["tunnel"] if p == "cold" else "#c4703a")
+        for p in ("cold", "warm", "early")
+        if p in spaced
+    ]
+    medians = [med(e["median"]) for _, e, _ in entries]
+    p99s = [med(e["p99"]) for _, e, _ in entries]
+    xs = range(len(entries))
+    bars = ax2.bar(xs, medians, 0.55, color=[c for _, _, c in entries], label="median")
     ax2.scatter(xs, p99s, marker="_", s=400, color="black", label="p99", zorder=3)
     labelBars(ax2, bars, [f"{v:.2f}" for v in medians], 8)
-    ax2.axhline(1.5, color="#c44e52", linestyle="--", linewidth=1, label="target: median 1.5 ms")
+    ax2.axhline(1.5, color="#c44e52", linestyle="--", linewidth=1, label="target: cold 1.5 ms")
+    if "warm" in spaced:
+        ax2.axhline(0.8, color="#8c2d2f", linestyle=":", linewidth=1, label="target: warm 0.8 ms")
     ax2.set_xticks(list(xs))
-    ax2.set_xticklabels(PATHS)
+    ax2.set_xticklabels(
+        [name.replace(", ", "\n") for name, _, _ in entries], fontsize=8 if spaced else 10
+    )
     ax2.set_ylabel("ms (lower is better)")
     ax2.set_title("Connection setup to first echoed byte")
     ax2.legend(fontsize=8, loc="upper left")
