@@ -148,10 +148,23 @@ def runTarget(port: int = 0) -> None:
 
 
 def maskerInUse() -> str:
-    """How the relay masks its frames (``_framing``): Autobahn's compiled NVX masker or not."""
-    from sprites_twisted import _framing
+    """
+    How the relay masks its frames: Autobahn's compiled NVX masker, pure
+    Python, or Autobahn's own public API (the fast path off).  The module
+    holding the fast path has changed name (``_framing``, then
+    ``_fastpath``); either is reported, and neither is required.
+    """
+    import importlib
 
-    return "nvx_xormask_process" if _framing.NATIVE_MASKING else "pure-Python-XOR"
+    for name in ("_fastpath", "_framing"):
+        try:
+            module = importlib.import_module(f"sprites_twisted.{name}")
+        except ImportError:
+            continue
+        if not getattr(module, "ENABLED", True):
+            return "autobahn-public-API"
+        return "nvx_xormask_process" if module.NATIVE_MASKING else "pure-Python-XOR"
+    return "autobahn"
 
 
 def startLogging(role: str) -> None:
