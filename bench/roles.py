@@ -15,9 +15,10 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
   code ``twistd sprites-local`` runs.
 - ``client API_PORT TARGET_PORT [PREWARM [EARLY]]``: the tunnel client: one
   forwarded local port (``SpritesClient.proxyPort``, what ``twistd
-  sprites-proxy`` runs); with PREWARM > 0 it passes ``prewarm=PREWARM`` and
-  with EARLY = 1 ``earlyData=True`` (only where this version of the client
-  has them: ``run.py`` checks first).
+  sprites-proxy`` runs); it passes ``prewarm=PREWARM`` (0 by default: a
+  cold client, even where warm tunnels are on by default) and with EARLY = 1
+  ``earlyData=True``, only where this version of the client has them
+  (``run.py`` checks first).
 - ``server-tls PEM RESUMABLE``: the same over TLS (``listenSSL``) with the
   key and certificate in PEM; with RESUMABLE = 1 it offers session
   resumption (``enableSessions`` and ``enableSessionTickets``), which
@@ -203,13 +204,17 @@ def runServer(pemPath: str = "", resumable: int = 0) -> None:
 def runClient(
     apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 0, caPath: str = ""
 ) -> None:
+    import inspect
+
     from twisted.internet import reactor
 
     from sprites_twisted.client import SpritesClient
 
     startLogging("client")
     options: dict[str, object] = {}
-    if prewarm:
+    # Where the client has warm tunnels, they may be on by default: a cold
+    # client says prewarm=0.
+    if prewarm or "prewarm" in inspect.signature(SpritesClient).parameters:
         options["prewarm"] = prewarm
     if earlyData:
         options["earlyData"] = True
