@@ -735,7 +735,7 @@ with two cores shared with the load generator and the target.
 make bench
 ```
 
-One command, no arguments, a few minutes.  It prints the same tables,
+One command, no arguments, about six minutes on this machine.  It prints the same tables,
 rewrites this page (this page's notes section is kept) and the plots, and
 leaves the raw figures in `bench/results/latest.json` (not committed) and
 the relay processes' logs in `bench/results/*.log`.  `BENCH_QUICK=1 make
