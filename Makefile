@@ -19,7 +19,7 @@ E2E := $(E2E_MODULES) tests.test_cli.CommandTests tests.test_cli.StdioTests \
 UNIT := $(filter-out $(E2E_MODULES) $(SPLIT_MODULES),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py))) \
 	tests.test_cli.OptionsTests tests.test_stdio.ConnectStdioTests tests.test_stdio.FlowControlTests
 
-.PHONY: all test e2e test-newest lock demo lint format typecheck docs bench check clean plugins venv
+.PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps check clean plugins venv
 
 all: test
 
@@ -83,8 +83,23 @@ typecheck: $(VENV)/.installed-dev
 docs: $(VENV)/.installed-docs
 	$(VENV)/bin/sphinx-build -W -q -b html docs docs/_build/html
 
-bench: $(VENV)/.installed-bench
-	$(PY) bench/run.py
+# Parts, repeats and the WAN round trip: BENCH_ONLY=wan,small BENCH_REPEAT=3
+# BENCH_RTT_MS=20 (or BENCH_ARGS="--only wan --repeat 3"); see bench/run.py.
+bench: $(VENV)/.installed-bench bench-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The pgbench part needs PostgreSQL: installed from Debian's packages when
+# missing, if we are root with apt-get (not with BENCH_NO_APT=1, nor when
+# BENCH_ONLY leaves the part out); otherwise the bench skips that part and
+# says why.
+bench-deps:
+	@case ",$${BENCH_ONLY:-pgbench}," in *,pgbench,*) ;; *) exit 0;; esac; \
+	if ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || [ "$${BENCH_NO_APT:-}" = 1 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "bench: installing PostgreSQL (Debian's postgresql) for the pgbench part"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+			|| echo "bench: could not install PostgreSQL; the pgbench part will be skipped"; \
+	fi
 
 plugins: $(VENV)/.installed-test
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"

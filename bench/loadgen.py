@@ -8,15 +8,19 @@ protocol (see ``roles.py``).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from roles import HEADER, recvDiscard, sendZeros
+from roles import HEADER, TOKEN, recvDiscard, recvExactly, sendZeros
 
 TIMEOUT = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -98,6 +102,157 @@ def pingPong(port: int, rounds: int, size: int = 64) -> list[float]:
         return times[20:]
 
 
+def transactions(
+    port: int,
+    connections: int,
+    seconds: float,
+    maxCount: int,
+    request: int = 100,
+    response: int = 1024,
+) -> tuple[int, float, list[float]]:
+    """
+    C{connections} connections at once, each sending C{request} bytes and
+    waiting for C{response} bytes back, again and again, for C{seconds}
+    (or C{maxCount} exchanges in all, whichever comes first).
+
+    The connections are opened and each does one exchange before the clock
+    starts, so that setup is not counted.  One thread, non-blocking sockets
+    and a selector, so that the load generator's own cost per exchange is
+    small and the same for every path.
+
+    :returns: (exchanges done, seconds taken, each exchange's seconds).
+    """
+    socks = [connect(port) for _ in range(connections)]
+    try:
+        message = b"q" * request
+        for sock in socks:
+            sock.sendall(HEADER.pack(b"R", request << 32 | response))
+        for sock in socks:
+            sock.sendall(message)
+        for sock in socks:
+            recvDiscard(sock, response)
+        selector = selectors.DefaultSelector()
+        left: dict[socket.socket, int] = {}
+        sent: dict[socket.socket, float] = {}
+        buf = bytearray(max(response, 64 * 1024))
+        times: list[float] = []
+        start = time.perf_counter()
+        stopAt = start + seconds
+        for sock in socks:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            sent[sock] = time.perf_counter()
+            sock.send(message)
+            left[sock] = response
+        outstanding = len(socks)
+        done = 0
+        end = start
+        while outstanding:
+            events = selector.select(timeout=TIMEOUT)
+            if not events:
+                raise TimeoutError(f"no response for {TIMEOUT} s")
+            now = time.perf_counter()
+            for key, _ in events:
+                sock = key.fileobj  # type: ignore[assignment]
+                n = sock.recv_into(buf, left[sock])
+                if not n:
+                    raise EOFError("connection closed during the exchanges")
+                left[sock] -= n
+                if left[sock]:
+                    continue
+                done += 1
+                times.append(now - sent[sock])
+                end = now
+                if now < stopAt and done + outstanding <= maxCount:
+                    sent[sock] = now
+                    sock.send(message)
+                    left[sock] = response
+                else:
+                    outstanding -= 1
+        selector.close()
+        return done, end - start, times
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# --- a bare WebSocket (the WAN part's reference) -----------------------------
+
+
+def _clientFrame(opcode: int, payload: bytes) -> bytes:
+    """One masked client frame (RFC 6455), FIN set."""
+    key = os.urandom(4)
+    mask = (key * (len(payload) // 4 + 1))[: len(payload)]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(
+        len(payload), "big"
+    )
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    return bytes([0x80 | opcode]) + length + key + masked
+
+
+def _readFrame(sock: socket.socket) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    head = recvExactly(sock, 2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", recvExactly(sock, 2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", recvExactly(sock, 8))[0]
+    return head[0] & 0x0F, recvExactly(sock, n)
+
+
+def openWebSocket(apiPort: int) -> socket.socket:
+    """An upgraded proxy WebSocket to the local sprite server, not yet initialised."""
+    sock = connect(apiPort)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /v1/sprites/bench/proxy HTTP/1.1\r\nHost: 127.0.0.1:{apiPort}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise EOFError("the server closed during the upgrade")
+        response += chunk
+    if b" 101 " not in response.split(b"\r\n", 1)[0]:
+        raise EOFError(f"upgrade refused: {response[:80]!r}")
+    return sock
+
+
+def warmFirstByte(sock: socket.socket, targetPort: int, earlyData: bool) -> float:
+    """
+    On an open WebSocket (L{openWebSocket}): send the init, then (after the
+    reply, or at once with C{earlyData}) an echo request; seconds until the
+    first echoed byte.  The lower bound of a warm tunnel, without a client.
+    """
+    init = _clientFrame(1, json.dumps({"host": "localhost", "port": targetPort}).encode())
+    data = _clientFrame(2, HEADER.pack(b"E", 0) + b"x")
+    start = time.perf_counter()
+    if earlyData:
+        sock.sendall(init + data)
+    else:
+        sock.sendall(init)
+    opcode, reply = _readFrame(sock)
+    if opcode != 1 or json.loads(reply).get("status") != "connected":
+        raise EOFError(f"the tunnel failed: {reply[:80]!r}")
+    if not earlyData:
+        sock.sendall(data)
+    while True:
+        opcode, payload = _readFrame(sock)
+        if opcode == 2 and payload:
+            if payload[:1] != b"x":
+                raise EOFError("no echo")
+            return time.perf_counter() - start
+        if opcode == 8:
+            raise EOFError("the tunnel closed before the echo")
+
+
 def openIdle(port: int, count: int, batch: int = 50) -> list[socket.socket]:
     """Open C{count} echo connections, each proven open by one round trip."""
     socks: list[socket.socket] = []
@@ -158,6 +313,14 @@ class Proc:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def runtime(self) -> float:
+        """CPU seconds so far, to the nanosecond (schedstat, all threads)."""
+        total = 0
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+
     def status(self, key: str) -> int:
         """A /proc/PID/status memory figure (VmRSS, VmHWM) in KiB."""
         with open(f"/proc/{self.pid}/status") as f:
@@ -190,7 +353,8 @@ class Proc:
                 self.popen.wait(3)
 
 
-def start(role: str, *args: int) -> Proc:
+def start(role: str, *args: int | str) -> Proc:
+    """Start C{role} (see C{roles.py}) and wait for its C{READY} line."""
     here = os.path.dirname(os.path.abspath(__file__))
     popen = subprocess.Popen(
         [sys.executable, os.path.join(here, "roles.py"), role, *map(str, args)],

@@ -7,12 +7,27 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
 - ``target PORT?``: the load target.  Blocking sockets, one thread per
   connection.  Each connection starts with a 9-byte header: a mode byte and a
   64-bit size.  ``E`` echoes everything after the header; ``S`` sinks
-  ``size`` bytes and answers one byte ``K``; ``G`` sends ``size`` bytes.
+  ``size`` bytes and answers one byte ``K``; ``G`` sends ``size`` bytes;
+  ``R`` (request/response) takes ``size`` as two 32-bit halves, REQUEST and
+  RESPONSE, then reads REQUEST bytes and answers RESPONSE bytes, over and
+  over until the connection closes.
 - ``server``: the local sprite server (``LocalSpriteServer.factory()``), the same
   code ``twistd sprites-local`` runs.
-- ``client API_PORT TARGET_PORT``: the tunnel client: one forwarded local
-  port (``SpritesClient.proxyPort``, what ``twistd sprites-proxy`` runs).
+- ``client API_PORT TARGET_PORT [PREWARM [EARLY]]``: the tunnel client: one
+  forwarded local port (``SpritesClient.proxyPort``, what ``twistd
+  sprites-proxy`` runs); it passes ``prewarm=PREWARM`` (0 by default: a
+  cold client, even where warm tunnels are on by default) and with EARLY = 1
+  ``earlyData=True``, only where this version of the client has them
+  (``run.py`` checks first).
+- ``server-tls PEM RESUMABLE``: the same over TLS (``listenSSL``) with the
+  key and certificate in PEM; with RESUMABLE = 1 it offers session
+  resumption (``enableSessions`` and ``enableSessionTickets``), which
+  Twisted's ``ssl:`` endpoint strings (so ``twistd sprites-local``) do not.
+- ``client-tls API_PORT TARGET_PORT CA_PEM``: the tunnel client to an
+  ``https://`` API URL, trusting the CA in CA_PEM.
 - ``portforward TARGET_PORT``: Twisted's own ``twisted.protocols.portforward``.
+- ``delay RTT_MICROSECONDS UPSTREAM_PORT``: the WAN mode's delay relay
+  (``delay.py``), in front of the local sprite server or the target.
 
 The Twisted roles log to ``bench/results/ROLE.log`` like ``twistd -l`` would.
 """
@@ -108,6 +123,12 @@ def serveTargetConnection(sock: socket.socket) -> None:
         elif mode == b"G":
             sendZeros(sock, size)
             sock.recv(1)
+        elif mode == b"R":
+            request, response = size >> 32, size & 0xFFFFFFFF
+            answer = bytes(response)
+            while True:
+                recvExactly(sock, request)
+                sock.sendall(answer)
     except (OSError, EOFError):
         pass
     finally:
@@ -128,10 +149,23 @@ def runTarget(port: int = 0) -> None:
 
 
 def maskerInUse() -> str:
-    """How the relay masks its frames (``_framing``): Autobahn's compiled NVX masker or not."""
-    from sprites_twisted import _framing
+    """
+    How the relay masks its frames: Autobahn's compiled NVX masker, pure
+    Python, or Autobahn's own public API (the fast path off).  The module
+    holding the fast path has changed name (``_framing``, then
+    ``_fastpath``); either is reported, and neither is required.
+    """
+    import importlib
 
-    return "nvx_xormask_process" if _framing.NATIVE_MASKING else "pure-Python-XOR"
+    for name in ("_fastpath", "_framing"):
+        try:
+            module = importlib.import_module(f"sprites_twisted.{name}")
+        except ImportError:
+            continue
+        if not getattr(module, "ENABLED", True):
+            return "autobahn-public-API"
+        return "nvx_xormask_process" if module.NATIVE_MASKING else "pure-Python-XOR"
+    return "autobahn"
 
 
 def startLogging(role: str) -> None:
@@ -142,25 +176,52 @@ def startLogging(role: str) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
 
 
-def runServer() -> None:
+def runServer(pemPath: str = "", resumable: int = 0) -> None:
     from twisted.internet import reactor
 
     from sprites_twisted.server import LocalSpriteServer
 
     startLogging("server")
     server = LocalSpriteServer(reactor, TOKEN, maxTunnels=20000)
-    port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
+    if pemPath:
+        from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
+        with open(pemPath) as f:
+            certificate = PrivateCertificate.loadPEM(f.read())
+        options = CertificateOptions(
+            privateKey=certificate.privateKey.original,
+            certificate=certificate.original,
+            enableSessions=bool(resumable),
+            enableSessionTickets=bool(resumable),
+        )
+        port = reactor.listenSSL(0, server.factory(), options, backlog=1024, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port, maskerInUse())
     reactor.run()
 
 
-def runClient(apiPort: int, targetPort: int) -> None:
+def runClient(
+    apiPort: int, targetPort: int, prewarm: int = 0, earlyData: int = 0, caPath: str = ""
+) -> None:
+    import inspect
+
     from twisted.internet import reactor
 
     from sprites_twisted.client import SpritesClient
 
     startLogging("client")
-    client = SpritesClient(reactor, TOKEN, f"http://127.0.0.1:{apiPort}")
+    options: dict[str, object] = {}
+    # Where the client has warm tunnels, they may be on by default: a cold
+    # client says prewarm=0.
+    if prewarm or "prewarm" in inspect.signature(SpritesClient).parameters:
+        options["prewarm"] = prewarm
+    if earlyData:
+        options["earlyData"] = True
+    scheme = "http"
+    if caPath:
+        scheme, options["trustRoot"] = "https", caPath
+    client = SpritesClient(reactor, TOKEN, f"{scheme}://127.0.0.1:{apiPort}", **options)
 
     def listening(session: object) -> None:
         ready(session.localPort, maskerInUse())  # type: ignore[attr-defined]
@@ -187,6 +248,20 @@ def runPortforward(targetPort: int) -> None:
     reactor.run()
 
 
+def runDelay(rttMicroseconds: int, upstreamPort: int) -> None:
+    from twisted.internet import selectreactor
+
+    selectreactor.install()
+    from delay import DelayFactory
+    from twisted.internet import reactor
+
+    startLogging("delay")
+    factory = DelayFactory(reactor, rttMicroseconds / 1e6, upstreamPort)
+    port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
+    ready(port.getHost().port)
+    reactor.run()
+
+
 def dumpObjectCounts(signum: int, frame: object) -> None:
     """SIGUSR1: write the most common live object types to RESULTS (diagnostics)."""
     import collections
@@ -205,15 +280,21 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGUSR1, dumpObjectCounts)
     raiseFileLimit()
     exitWhenStdinCloses()
-    role, args = argv[0], [int(a) for a in argv[1:]]
+    role, args = argv[0], [int(a) if a.isdigit() else a for a in argv[1:]]
     if role == "target":
         runTarget(*args)
     elif role == "server":
         runServer()
+    elif role == "server-tls":
+        runServer(*args)
     elif role == "client":
         runClient(*args)
+    elif role == "client-tls":
+        runClient(args[0], args[1], caPath=args[2])
     elif role == "portforward":
         runPortforward(*args)
+    elif role == "delay":
+        runDelay(*args)
     else:
         raise SystemExit(f"unknown role {role!r}")
 
