@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_manager -*-
 """
 L{ProxyManager}: many sessions as one service (the Go SDK's
 ``ProxyManager``), with the up-front check of

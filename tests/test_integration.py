@@ -319,21 +319,27 @@ class FlowControlTests(TestCase):
         self.patch(WebSocketStreamTransport, "pauseProducing", pauseProducing)
         return fired
 
-    def watchTCPPause(self, cls: type, port: int) -> Deferred[None]:
+    def watchTCPPause(self, port: int) -> Deferred[None]:
         """
-        Fire when a TCP connection of class C{cls} with local or remote port
-        C{port} is paused as a producer.
+        Fire when the relay pauses a TCP connection with local or remote
+        port C{port} (through the flow-control producer L{splice} registers).
         """
-        fired: Deferred[None] = Deferred()
-        original = cls.pauseProducing
+        from sprites_twisted import pipe
 
-        def pauseProducing(transport: Any) -> None:
-            ports = (transport.getHost().port, transport.getPeer().port)
+        fired: Deferred[None] = Deferred()
+        original = pipe._FlowControl.pauseProducing
+
+        def pauseProducing(flow: Any) -> None:
+            transport = flow.transport
+            ports = (
+                getattr(transport.getHost(), "port", None),
+                getattr(transport.getPeer(), "port", None),
+            )
             if port in ports and not fired.called:
                 fired.callback(None)
-            original(transport)
+            original(flow)
 
-        self.patch(cls, "pauseProducing", pauseProducing)
+        self.patch(pipe._FlowControl, "pauseProducing", pauseProducing)
         return fired
 
     async def test_slowLocalReader(self) -> None:
@@ -341,13 +347,11 @@ class FlowControlTests(TestCase):
         A local client that does not read pauses the tunnel, which pauses
         the target; once it reads, every byte arrives.
         """
-        from twisted.internet import tcp
-
         flood = TrackingFactory(FloodTarget, self.size)
         h = Harness(self)
         await h.start(flood)
         pauses = self.watchPauses()
-        targetPaused = self.watchTCPPause(tcp.Client, h.targetPort.getHost().port)
+        targetPaused = self.watchTCPPause(h.targetPort.getHost().port)
         session = await h.forward()
         local = Tracked()
         await h.dial(session, local)
@@ -367,7 +371,6 @@ class FlowControlTests(TestCase):
         A target that does not read pauses the tunnel, which pauses the
         local client; once it reads, every byte arrives.
         """
-        from twisted.internet import tcp
 
         class Lazy(Tracked):
             def connectionMade(self) -> None:
@@ -378,7 +381,7 @@ class FlowControlTests(TestCase):
         await h.start(lazy)
         pauses = self.watchPauses()
         session = await h.forward()
-        localPaused = self.watchTCPPause(tcp.Server, session.localPort)
+        localPaused = self.watchTCPPause(session.localPort)
         targetMade = lazy.nextProtocol()
         local = FloodTarget(self.size)
         await h.dial(session, local)
@@ -602,13 +605,13 @@ class HalfCloseTests(TestCase):
         (sent by the target afterwards) still arrives before the close.
         """
 
+        requested: Deferred[Tracked] = Deferred()
+
         class Answer(Tracked):
             def dataReceived(self, data: bytes) -> None:
                 super().dataReceived(data)
-                if b"\n" in b"".join(self.received):
-                    reply = b"R" * 300000
-                    reactor.callLater(0.05, self.transport.write, reply)
-                    reactor.callLater(0.1, self.transport.write, b"end")
+                if b"\n" in b"".join(self.received) and not requested.called:
+                    requested.callback(self)
 
         h = Harness(self)
         await h.start(TrackingFactory(Answer))
@@ -617,6 +620,10 @@ class HalfCloseTests(TestCase):
         await h.dial(session, local)
         local.transport.write(b"request\n")
         local.transport.loseWriteConnection()
+        target = await requested
+        # The reply is sent only once the client has half-closed.
+        target.transport.write(b"R" * 300000)
+        target.transport.write(b"end")
         reason = await local.lost
         self.assertEqual(b"".join(local.received), b"R" * 300000 + b"end")
         from twisted.internet.error import ConnectionDone
