@@ -332,6 +332,8 @@ class AutoForwarder(Service):
             self.spriteName,
             PortMapping(localPort, remotePort, remoteHost),
             interface=self.interface,
+            # Each opened or closed forward is one line: ours.
+            announce=False,
         )
         self.sessions[remotePort] = session
         d = session.listen()

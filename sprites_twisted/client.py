@@ -245,6 +245,7 @@ class SpritesClient:
         *,
         interface: str | None = None,
         listenOn: IStreamServerEndpoint | str | None = None,
+        announce: bool = True,
     ) -> ProxySession:
         """
         A L{ProxySession} for C{mapping}, not yet listening (add it to a
@@ -253,6 +254,8 @@ class SpritesClient:
         :param listenOn: listen on this server endpoint (or endpoint
             string, see L{serverEndpoint}) instead of TCP on
             C{mapping.localPort}.
+        :param announce: log the session's start and stop at info (see
+            L{ProxySession.announce}).
         :raises SpritesError: for a bad name or mapping; C{ValueError}
             naming a bad endpoint string.
         """
@@ -274,6 +277,7 @@ class SpritesClient:
             drainTimeout=self.drainTimeout,
             lingerTimeout=self.lingerTimeout,
             check=(lambda: self.checkSprite(spriteName)) if self.check else None,
+            announce=announce,
         )
 
     def forward(

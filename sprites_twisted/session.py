@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -100,6 +100,7 @@ class ProxySession(Service):
         drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
         lingerTimeout: float = DEFAULT_LINGER_TIMEOUT,
         check: Callable[[], Deferred[Any]] | None = None,
+        announce: bool = True,
     ) -> None:
         self._reactor = reactor
         self.spriteName = spriteName
@@ -109,6 +110,10 @@ class ProxySession(Service):
         self._localDescription = localDescription
         self.drainTimeout = drainTimeout
         self.check = check
+        #: Log "forwarding ..." and "stopped forwarding ..." at info (an
+        #: owner that logs its own line for each, as the auto-forwarder does,
+        #: turns this off and they go to debug).
+        self.announce = announce
         self.factory = LocalProxyFactory(
             endpoint, reactor, spriteName, mapping.describeTarget(), lingerTimeout
         )
@@ -218,7 +223,8 @@ class ProxySession(Service):
             self._finish()
             raise
         self._state = _LISTENING
-        self.log.info(
+        self.log.emit(
+            LogLevel.info if self.announce else LogLevel.debug,
             "forwarding {local} -> {sprite} {target}",
             local=self.describeLocal(),
             sprite=self.spriteName,
@@ -306,7 +312,8 @@ class ProxySession(Service):
             # Once the port is really closed (a TCP port closes one reactor
             # turn after stopListening), so the line can be relied upon.
             if wasListening:
-                self.log.info(
+                self.log.emit(
+                    LogLevel.info if self.announce else LogLevel.debug,
                     "stopped forwarding {local} -> {sprite} {target}",
                     local=local,
                     sprite=self.spriteName,

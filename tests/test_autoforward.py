@@ -92,7 +92,11 @@ class FakeClient:
         self.sessions: list[FakeSession] = []
         self.hold = False
 
-    def session(self, spriteName: str, mapping: PortMapping, *, interface: str) -> FakeSession:
+    def session(
+        self, spriteName: str, mapping: PortMapping, *, interface: str, announce: bool = True
+    ) -> FakeSession:
+        # The forwarder logs each forward itself: the session must not.
+        assert not announce
         session = FakeSession(mapping, interface, self)
         self.sessions.append(session)
         return session

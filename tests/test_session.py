@@ -254,3 +254,18 @@ class SessionTests(SynchronousTestCase):
         warnings = [e for e in events if e["log_level"].name == "warn"]
         self.assertEqual(len(warnings), 1)
         self.assertIn("anyone", warnings[0]["log_format"])
+
+    def test_announce(self) -> None:
+        """
+        A session logs its start and stop at info, or at debug when its
+        owner logs its own line for each (announce=False).
+        """
+        from sprites_twisted.mapping import PortMapping as Mapping
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for announce, level in ((True, "info"), (False, "debug")):
+            session = self.client.session("demo", Mapping(0, 80), announce=announce)
+            self.successResultOf(session.listen())
+            self.successResultOf(session.close())
+            lines = [e["log_level"].name for e in events if "forwarding" in e.get("log_format", "")]
+            self.assertEqual(lines[-2:], [level, level])
