@@ -124,6 +124,31 @@ class Tunnel:
     spare the server had silently dropped costs no more than a cold tunnel.
     """
 
+    # Thousands of tunnels may be open at once: no per-instance dict.
+    __slots__ = (
+        "clock",
+        "apiHost",
+        "closeTimeout",
+        "state",
+        "done",
+        "claimed",
+        "warm",
+        "channel",
+        "stream",
+        "deferred",
+        "protocolFactory",
+        "initMessage",
+        "peerAddress",
+        "early",
+        "onSpare",
+        "onSpareLost",
+        "retry",
+        "tcpConnecting",
+        "tlsSessions",
+        "_failure",
+        "_keepalive",
+    )
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -172,7 +172,18 @@ class WebSocketStreamTransport:
     there C{10 * closeTimeout} later.
     """
 
-    disconnecting = False
+    __slots__ = (
+        "channel",
+        "disconnecting",
+        "protocol",
+        "_host",
+        "_peer",
+        "_clock",
+        "_closeTimeout",
+        "_timers",
+        "_send",
+        "__provides__",
+    )
 
     def __init__(
         self,
@@ -184,6 +195,7 @@ class WebSocketStreamTransport:
     ) -> None:
         #: The WebSocket under this transport (an L{IChannel}).
         self.channel = channel
+        self.disconnecting = False
         self._host = host
         self._peer = peer
         self._clock = clock
