@@ -35,7 +35,16 @@ class Keepalive:
     States: ``idle`` (not started, or stopped) and ``running``.
     """
 
-    __slots__ = ("_clock", "interval", "_sendPing", "_onDead", "_misses", "_call", "_lastPong", "state")
+    __slots__ = (
+        "_clock",
+        "interval",
+        "_sendPing",
+        "_onDead",
+        "_misses",
+        "_call",
+        "_lastPong",
+        "state",
+    )
 
     def __init__(
         self,
