@@ -15,11 +15,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -359,3 +362,39 @@ def echoFactory() -> Factory:
     A factory of L{Echo} protocols.
     """
     return Factory.forProtocol(Echo)
+
+
+class RecordingPort:
+    """
+    A listening port that remembers whether it was stopped.
+    """
+
+    def __init__(self, address: IPv4Address) -> None:
+        self.address = address
+        self.disconnected = False
+
+    def stopListening(self) -> None:
+        self.disconnected = True
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+
+class FailingListenReactor(MemoryReactorClock):
+    """
+    A memory reactor whose ports record C{stopListening}, and on which
+    listening on the C{busy} ports fails.
+    """
+
+    def __init__(self, busy: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__()
+        self.busy = busy
+        self.ports: list[RecordingPort] = []
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
+        if port in self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        recording = RecordingPort(IPv4Address("TCP", interface, port or 43210))
+        self.ports.append(recording)
+        return recording

@@ -5,7 +5,6 @@ Tests for the Deferred API of L{sprites_twisted.client}, on a C{MemoryReactorClo
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -21,43 +20,7 @@ from sprites_twisted.errors import (
     MappingError,
 )
 from sprites_twisted.testing import TEST_TOKEN, MemorySprite
-from tests.helpers import Echo
-
-
-class RecordingPort:
-    """
-    A listening port that remembers whether it was stopped.
-    """
-
-    def __init__(self, address: IPv4Address) -> None:
-        self.address = address
-        self.disconnected = False
-
-    def stopListening(self) -> None:
-        self.disconnected = True
-
-    def getHost(self) -> IPv4Address:
-        return self.address
-
-
-class FailingListenReactor(MemoryReactorClock):
-    """
-    A memory reactor whose ports record C{stopListening}, and on which
-    listening on the C{busy} ports fails.
-    """
-
-    def __init__(self, busy: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-        super().__init__()
-        self.busy = busy
-        self.ports: list[RecordingPort] = []
-
-    def listenTCP(self, port, factory, backlog=50, interface=""):  # type: ignore[no-untyped-def]
-        if port in self.busy:
-            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
-        super().listenTCP(port, factory, backlog, interface)
-        recording = RecordingPort(IPv4Address("TCP", interface, port or 43210))
-        self.ports.append(recording)
-        return recording
+from tests.helpers import Echo, FailingListenReactor
 
 
 class ForwardTests(SynchronousTestCase):
