@@ -13,11 +13,21 @@ TRIAL = $(1) -m twisted.trial --reporter=text
 # which runs once with the relay's fast path and once without it.  Modules
 # that hold both kinds are split by class.
 E2E_MODULES := tests.test_faults tests.test_commands tests.test_demo tests.test_followcommands
-SPLIT_MODULES := tests.test_cli tests.test_stdio
-E2E := $(E2E_MODULES) tests.test_cli.CommandTests tests.test_cli.StdioTests \
-	tests.test_cli.PackagingTests tests.test_stdio.SSHTests
+SPLIT_MODULES := tests.test_cli tests.test_stdio tests.test_integration tests.test_autoforward \
+	tests.test_fastpath
+# Bulk transfers through the relay: run in e2e with and without the fast path.
+E2E_RELAY := tests.test_integration.RelayTests tests.test_integration.FlowControlTests
+E2E := $(E2E_MODULES) $(E2E_RELAY) tests.test_cli.CommandTests tests.test_cli.StdioTests \
+	tests.test_cli.PackagingTests tests.test_stdio.SSHTests tests.test_autoforward.IntegrationTests \
+	tests.test_fastpath.SwitchTests
 UNIT := $(filter-out $(E2E_MODULES) $(SPLIT_MODULES),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py))) \
-	tests.test_cli.OptionsTests tests.test_stdio.ConnectStdioTests tests.test_stdio.FlowControlTests
+	tests.test_cli.OptionsTests tests.test_stdio.ConnectStdioTests tests.test_stdio.FlowControlTests \
+	tests.test_integration.RefusalTests tests.test_integration.SessionLifecycleTests \
+	tests.test_integration.HalfCloseTests tests.test_integration.StreamEndTests \
+	tests.test_integration.SocketOptionTests tests.test_integration.EarlyDataTests \
+	tests.test_autoforward.ForwarderTests tests.test_autoforward.RangeTests \
+	tests.test_autoforward.OptionsTests tests.test_fastpath.FrameTests \
+	tests.test_fastpath.ClientReceiveTests tests.test_fastpath.ServerReceiveTests
 
 .PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps check clean plugins venv
 
@@ -44,6 +54,7 @@ test: $(VENV)/.installed-test
 
 e2e: $(VENV)/.installed-test
 	$(call TRIAL,$(PY)) $(E2E)
+	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,$(PY)) $(E2E_RELAY)
 
 # The newest release of every dependency, in a virtualenv of its own: how we
 # learn of the next upstream change before users do.
@@ -54,7 +65,7 @@ test-newest:
 	.venv-newest/bin/python -m pip --disable-pip-version-check -q install --upgrade --upgrade-strategy eager '.[test]'
 	.venv-newest/bin/python -m pip --disable-pip-version-check freeze --exclude-editable | grep -iE '^(twisted|autobahn|txaio|zope.interface|service.identity|pyopenssl|cryptography)=='
 	$(call TRIAL,.venv-newest/bin/python) $(UNIT) $(E2E)
-	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,.venv-newest/bin/python) $(UNIT)
+	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,.venv-newest/bin/python) $(UNIT) $(E2E_RELAY)
 
 # Refresh the lock from the newest releases (run make check e2e after it).
 lock:
