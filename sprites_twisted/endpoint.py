@@ -209,22 +209,20 @@ class SpriteProxyEndpoint:
 
         def claim(tunnel: Tunnel) -> None:
             current[:] = [tunnel]
-            tunnel.retry = retry
             tunnel.claim(result, protocolFactory, self._initMessage, self._peerAddress, early)
 
         def retry(dead: Tunnel) -> None:
+            # Once, on a fresh (cold) tunnel: only a warm one is retried.
             self.log.debug(
                 "a warm tunnel to {sprite} closed before answering; retrying on a fresh one",
                 sprite=self.spriteName,
             )
-            fresh = self.openTunnel()
-            fresh.retry = None
-            claim(fresh)
-            fresh.retry = None
+            claim(self.openTunnel())
 
         spare = self._pool.take() if self._pool is not None else None
         if spare is not None:
             spare.warm = True
+            spare.retry = retry
             claim(spare)
         else:
             claim(self.openTunnel())

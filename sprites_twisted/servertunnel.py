@@ -316,12 +316,6 @@ class _ProxyServerProtocol(ChannelMixin, WebSocketServerProtocol):  # type: igno
     def dataReceived(self, data: bytes) -> None:
         self.webSocketDataReceived(data)
 
-    def webSocketDataReceived(self, data: bytes) -> None:
-        """
-        Bytes for Autobahn's WebSocket parser (the fast path overrides it).
-        """
-        WebSocketServerProtocol.dataReceived(self, data)
-
     def onOpen(self) -> None:
         self.channelOpened()
         self.maxBinaryFrame = self.tunnel.server.maxFramePayloadSize
@@ -342,9 +336,6 @@ class _ProxyServerProtocol(ChannelMixin, WebSocketServerProtocol):  # type: igno
             )
             reason = Failure(ConnectionLost("TLS handshake failed"))
         super().connectionLost(reason)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.tunnel.closed(wasClean, code, reason)
 
 
 #: The shim Autobahn runs (with the fast path mixed in when it is on).

@@ -486,12 +486,6 @@ class _TunnelClientProtocol(ChannelMixin, WebSocketClientProtocol):  # type: ign
             self._response = None
             self.tunnel.refused(head, body)
 
-    def webSocketDataReceived(self, data: bytes) -> None:
-        """
-        Bytes for Autobahn's WebSocket parser (the fast path overrides it).
-        """
-        WebSocketClientProtocol.dataReceived(self, data)
-
     def onOpen(self) -> None:
         self.channelOpened()
         self.tunnel.opened()
@@ -515,9 +509,6 @@ class _TunnelClientProtocol(ChannelMixin, WebSocketClientProtocol):  # type: ign
             # Reported as a TLS error; Autobahn would log a cryptic line.
             reason = Failure(ConnectionLost("TLS failed"))
         super().connectionLost(reason)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.tunnel.closed(wasClean, code, reason)
 
 
 #: The shim Autobahn runs (with the fast path mixed in when it is on).

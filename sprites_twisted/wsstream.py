@@ -393,6 +393,17 @@ class ChannelMixin:
         """
         self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
 
+    # Autobahn's callbacks
+
+    def webSocketDataReceived(self, data: bytes) -> None:
+        """
+        Bytes for Autobahn's WebSocket parser (the fast path overrides it).
+        """
+        super().dataReceived(data)  # type: ignore[misc]
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.tunnel.closed(wasClean, code, reason)
+
     # Autobahn's streaming receive hooks
 
     def binaryData(self, payload: bytes) -> None:
