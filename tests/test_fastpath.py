@@ -17,7 +17,9 @@ import sys
 
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted import _fastpath
@@ -126,10 +128,24 @@ def pieces(data: bytes, rng: random.Random, largest: int) -> list[bytes]:
     out = []
     pos = 0
     while pos < len(data):
-        n = rng.randint(1, largest)
+        n = 1 + int(rng.random() * largest)  # 1 to largest, as randint but cheaper
         out.append(data[pos : pos + n])
         pos += n
     return out
+
+
+def feed(
+    transport: FakeTransport, data: bytes, rng: random.Random, largest: int, clock: Clock
+) -> None:
+    """
+    Deliver C{data} to C{transport}'s protocol cut at random places, one
+    read per piece, running the calls due now between reads as a reactor
+    would (what writing each piece from the peer and pumping does, without
+    pumping every other connection for every piece).
+    """
+    for piece in pieces(data, rng, largest):
+        transport.bufferReceived(piece)
+        clock.advance(0)
 
 
 class ClientReceiveTests(SynchronousTestCase):
@@ -141,19 +157,21 @@ class ClientReceiveTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.network = MemoryNetwork(self.reactor)
 
-    def connect(self) -> tuple[Recorder, wsfake.ScriptedServer]:
+    def connect(self) -> tuple[Recorder, wsfake.ScriptedServer, FakeTransport]:
         factory = wsfake.acceptThenReply(wsfake.text(b'{"status": "connected"}'))
+        transportEndpoint = MemoryClientEndpoint(self.network, factory)
         endpoint = SpriteProxyEndpoint(
             self.reactor,
             "demo",
             5432,
             token=TEST_TOKEN,
             apiURL=TEST_API_URL,
-            transportEndpoint=MemoryClientEndpoint(self.network, factory),
+            transportEndpoint=transportEndpoint,
         )
         d = endpoint.connect(Factory.forProtocol(Recorder))
         self.network.flush()
-        return self.successResultOf(d), factory.servers[0]
+        (pump,) = transportEndpoint.connections
+        return self.successResultOf(d), factory.servers[0], pump.clientIO
 
     def test_anySplit(self) -> None:
         """
@@ -176,10 +194,9 @@ class ClientReceiveTests(SynchronousTestCase):
         ]
         expected = b"a" * 300 + big + b"fragment" + b"z"
         for largest in (1, 7, 300, 100_000):
-            proto, server = self.connect()
-            for piece in pieces(b"".join(stream), rng, largest):
-                server.transport.write(piece)
-                self.network.flush()
+            proto, server, transport = self.connect()
+            feed(transport, b"".join(stream), rng, largest, self.reactor)
+            self.network.flush()
             self.assertEqual(proto.received, expected, largest)
             # Pings were answered: Autobahn still handles control frames.
             self.assertEqual([p for op, p in server.frames if op == 0xA], [b"ping", b"mid"])
@@ -189,7 +206,7 @@ class ClientReceiveTests(SynchronousTestCase):
         A masked frame from the server is still a protocol violation
         (Autobahn's check), and closes the tunnel.
         """
-        proto, server = self.connect()
+        proto, server, _ = self.connect()
         frame = bytearray(wsfake.binary(b"xy"))
         frame[1] |= 0x80
         server.transport.write(bytes(frame[:2]) + b"\0\0\0\0" + bytes(frame[2:]))
@@ -203,7 +220,7 @@ class ClientReceiveTests(SynchronousTestCase):
         A length in a longer encoding than needed is refused (Autobahn's
         check), and nothing of that frame is delivered.
         """
-        proto, server = self.connect()
+        proto, server, _ = self.connect()
         server.transport.write(b"\x82\x7e\x00\x03abc")
         self.network.flush()
         self.assertEqual(proto.received, b"")
@@ -255,9 +272,9 @@ class ServerReceiveTests(SynchronousTestCase):
             sprite.flush()
             payloads = [rng.randbytes(n) for n in (1, 200, 70_000, 0, 3000)]
             stream = b"".join(dataFrame(p, True) for p in payloads)
-            for piece in pieces(stream, rng, largest):
-                client.transport.write(piece)
-                sprite.flush()
+            (pump,) = sprite.apiEndpoint.connections
+            feed(pump.serverIO, stream, rng, largest, sprite.reactor)
+            sprite.flush()
             self.assertEqual(Sink.received, b"".join(payloads), largest)
 
 
