@@ -40,7 +40,7 @@ from sprites_twisted.errors import (
 from sprites_twisted.pipe import resetAfterFlush
 from sprites_twisted.server import LocalSpriteServer
 from tests import wsfake
-from tests.helpers import LogCapture, roundTrip
+from tests.helpers import LogCapture, SplitReactor, roundTrip
 
 TOKEN = "integration-token-5f2e"
 reactor: Any = globalReactor
@@ -209,11 +209,17 @@ class Harness:
     def apiURL(self) -> str:
         return f"http://127.0.0.1:{self.apiPort.getHost().port}"
 
-    def client(self, token: str = TOKEN, **options: Any) -> SpritesClient:
+    def client(
+        self, token: str = TOKEN, clientReactor: Any = None, **options: Any
+    ) -> SpritesClient:
+        """
+        A client of the local sprite server; C{clientReactor} (a
+        L{SplitReactor}) puts its timeouts on a clock the test advances.
+        """
         options.setdefault("drainTimeout", 0)
         options.setdefault("lingerTimeout", 0.5)
         options.setdefault("prewarm", 0)
-        return SpritesClient(reactor, token, self.apiURL, **options)
+        return SpritesClient(clientReactor or reactor, token, self.apiURL, **options)
 
     async def forward(self, remotePort: int | None = None, **options: Any) -> Any:
         port = remotePort or self.targetPort.getHost().port
@@ -411,10 +417,15 @@ class RefusalTests(TestCase):
         return [e["error"] for e in self.events if e["log_level"].name == "warn" and "error" in e]
 
     async def refusedConnection(self, h: Harness, session: Any) -> BaseException:
+        """
+        Dial C{session}: the refused tunnel resets the local connection.
+        """
         local = Tracked()
         await h.dial(session, local)
         local.transport.write(b"hello?")
-        return await local.lost
+        reason = await local.lost
+        self.assertIsInstance(reason, ConnectionLost)
+        return reason
 
     async def test_badTokenThenGood(self) -> None:
         """
@@ -491,8 +502,10 @@ class RefusalTests(TestCase):
         switch = SwitchFactory(wsfake.acceptThenReply(wsfake.text(b"<html>oops</html>")))
         api = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(switch)
         self.addCleanup(api.stopListening)
+        # The handshake timeout runs on a clock of the test's.
+        split = SplitReactor(reactor)
         client = SpritesClient(
-            reactor,
+            split,
             TOKEN,
             f"http://127.0.0.1:{api.getHost().port}",
             handshakeTimeout=0.5,
@@ -504,8 +517,22 @@ class RefusalTests(TestCase):
         h.cleanups.append(session.close)
         await self.refusedConnection(h, session)
         self.assertIn("not JSON", self.warnings()[-1])
-        switch.current = wsfake.acceptThenReply(b"")
-        await self.refusedConnection(h, session)
+        initArrived: Deferred[None] = Deferred()
+
+        def silent(server: wsfake.ScriptedServer, opcode: int, payload: bytes) -> None:
+            if opcode == 0x1 and not initArrived.called:
+                initArrived.callback(None)
+
+        switch.current = wsfake.ScriptedServerFactory(
+            lambda server, request: server.accept(), silent
+        )
+        local = Tracked()
+        await h.dial(session, local)
+        local.transport.write(b"hello?")
+        await initArrived
+        self.assertFalse([w for w in self.warnings() if "no answer" in w])
+        split.clock.advance(0.5)
+        self.assertIsInstance(await local.lost, ConnectionLost)
         self.assertIn("no answer from the sprite within 0.5 s", self.warnings()[-1])
         switch.current = h.server.factory()
         self.assertEqual(await roundTrip(reactor, session.localPort, b"ping"), b"ping")
@@ -565,7 +592,7 @@ class SessionLifecycleTests(TestCase):
         """
         h = Harness(self)
         await h.start()
-        client = h.client(drainTimeout=0.2)
+        client = h.client(drainTimeout=0.01)
         manager = ProxyManager()
         remote = h.targetPort.getHost().port
         for mapping in [PortMapping(0, remote), PortMapping(0, remote)]:
@@ -615,7 +642,10 @@ class HalfCloseTests(TestCase):
 
         h = Harness(self)
         await h.start(TrackingFactory(Answer))
-        session = await h.forward()
+        # The linger runs on a clock of the test's, advanced once the reply
+        # is in: the target never closes, the linger's end closes.
+        split = SplitReactor(reactor)
+        session = await h.forward(clientReactor=split)
         local = Tracked()
         await h.dial(session, local)
         local.transport.write(b"request\n")
@@ -624,11 +654,13 @@ class HalfCloseTests(TestCase):
         # The reply is sent only once the client has half-closed.
         target.transport.write(b"R" * 300000)
         target.transport.write(b"end")
+        await local.receivedAtLeast(300003)
+        self.assertFalse(local.lost.called)
+        split.clock.advance(0.5)
         reason = await local.lost
         self.assertEqual(b"".join(local.received), b"R" * 300000 + b"end")
-        from twisted.internet.error import ConnectionDone
-
         self.assertIsInstance(reason, ConnectionDone)
+        self.assertIsInstance(await target.lost, ConnectionDone)
 
 
 def resetSocket(transport: Any) -> None:
@@ -800,7 +832,8 @@ class EarlyDataTests(TestCase):
         """
         h = Harness(self)
         await h.start()
-        session = await h.forward(earlyData=True, prewarm=1)
+        # Each local client ends with a FIN: the tunnel lingers, briefly.
+        session = await h.forward(earlyData=True, prewarm=1, lingerTimeout=0.01)
         for attempt in (b"cold request", b"warm request"):
             local = Tracked()
             await h.dial(session, local)
@@ -808,5 +841,5 @@ class EarlyDataTests(TestCase):
             await local.receivedAtLeast(len(attempt))
             self.assertEqual(b"".join(local.received), attempt)
             local.transport.loseConnection()
-            await local.lost
+            self.assertIsInstance(await local.lost, ConnectionDone)
             await session.factory.whenIdle()
