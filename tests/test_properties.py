@@ -1,7 +1,9 @@
 """
 Property-based tests (hypothesis): whatever a peer or a user throws at the
 parsers, they return a valid value or raise their documented error, never
-anything else.  Example counts stay modest so that the suite stays fast.
+anything else.  Example counts stay modest so that the suite stays fast;
+``make test`` runs every property twice (with and without the fast path),
+each time with new random examples.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sprites_twisted.mapping import PortMapping, parseAddress, parseMapping
 from sprites_twisted.tunnel import refusalError
 from sprites_twisted.wire import MAX_INIT_SIZE, Init, InitError, parseInit, parseReply
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 jsonScalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 jsonValues = st.recursive(
