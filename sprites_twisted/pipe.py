@@ -60,6 +60,7 @@ def isCleanEnd(reason: Failure | None) -> bool:
     return reason is not None and reason.check(ConnectionDone) is not None
 
 
+@implementer(IPushProducer)
 class Pipe(Protocol):
     """
     One end of a two-way byte pipe: what it receives is written to its
@@ -78,6 +79,24 @@ class Pipe(Protocol):
     # IConsumer and an IPushProducer, an intersection mypy cannot spell.
     transport: Any
 
+    # IPushProducer, for the peer's transport (registered by L{splice}):
+    # pausing and resuming pass through to this end's transport, so a full
+    # buffer on one side stops reading on the other.  C{stopProducing} (the
+    # peer's connection is gone) does not: ending this side is decided by
+    # reason in L{connectionLost} (L{endStream}), and a transport's own
+    # C{stopProducing} would always end it cleanly.
+
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
         peer = self.peer
@@ -93,38 +112,16 @@ class Pipe(Protocol):
 def splice(a: Pipe, b: Pipe) -> None:
     """
     Join two connected L{Pipe}s: make each the other's peer and register
-    each transport as a streaming producer of the other.
+    each as the streaming producer of the other's transport (a full buffer
+    on one side pauses reading on the other; see L{Pipe.pauseProducing}).
     """
     a.peer = b
     b.peer = a
     assert a.transport is not None and b.transport is not None
     setBufferSize(a.transport)
     setBufferSize(b.transport)
-    a.transport.registerProducer(_FlowControl(b.transport), True)
-    b.transport.registerProducer(_FlowControl(a.transport), True)
-
-
-@implementer(IPushProducer)
-class _FlowControl:
-    """
-    A transport as the streaming producer of its peer: pausing and resuming
-    pass through; C{stopProducing} (the peer's connection is gone) does
-    not, because ending this side is the pipe's decision, by reason
-    (L{endStream}), and a transport's own C{stopProducing} would always
-    end it cleanly.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass
+    a.transport.registerProducer(b, True)
+    b.transport.registerProducer(a, True)
 
 
 def setBufferSize(transport: Any, size: int = PIPE_BUFFER_SIZE) -> None:

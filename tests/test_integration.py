@@ -328,12 +328,12 @@ class FlowControlTests(TestCase):
     def watchTCPPause(self, port: int) -> Deferred[None]:
         """
         Fire when the relay pauses a TCP connection with local or remote
-        port C{port} (through the flow-control producer L{splice} registers).
+        port C{port} (through the L{Pipe} that L{splice} registers as its producer).
         """
         from sprites_twisted import pipe
 
         fired: Deferred[None] = Deferred()
-        original = pipe._FlowControl.pauseProducing
+        original = pipe.Pipe.pauseProducing
 
         def pauseProducing(flow: Any) -> None:
             transport = flow.transport
@@ -345,7 +345,7 @@ class FlowControlTests(TestCase):
                 fired.callback(None)
             original(flow)
 
-        self.patch(pipe._FlowControl, "pauseProducing", pauseProducing)
+        self.patch(pipe.Pipe, "pauseProducing", pauseProducing)
         return fired
 
     async def test_slowLocalReader(self) -> None:
