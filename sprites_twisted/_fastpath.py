@@ -10,7 +10,7 @@ debug logging is off; on bulk transfers it is about a sixth of the
 tunnel's throughput (see ``docs/performance.md``).  This module replaces
 exactly three things, and only for unfragmented binary frames:
 
-- **sending** (L{binarySender}): the frame is built and masked here, in
+- **sending** (L{sendBinary}): the frame is built and masked here, in
   one buffer, and written in one transport write;
 - **receiving** (L{FastReceiveMixin}): unfragmented binary frames are
   parsed straight from Autobahn's receive buffer and their payload handed
@@ -39,7 +39,6 @@ from __future__ import annotations
 import importlib
 import os
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from autobahn.websocket.protocol import (
@@ -52,7 +51,8 @@ __all__ = [
     "ENABLED",
     "SUPPORTED",
     "NATIVE_MASKING",
-    "binarySender",
+    "sendMasking",
+    "sendBinary",
     "sendProtocolClose",
     "dataFrame",
     "frameHeader",
@@ -257,36 +257,35 @@ def _masking(ws: Any) -> bool | None:
     return masked
 
 
-def binarySender(ws: Any) -> Callable[[bytes | memoryview], None]:
+def sendMasking(ws: Any) -> bool | None:
     """
-    A function sending its argument as one unfragmented binary message on
-    C{ws}, an open Autobahn protocol: built here when the fast path is on
-    and C{ws}'s options allow it, else Autobahn's public C{sendMessage}.
+    How L{sendBinary} sends on C{ws}, an open Autobahn protocol, decided once
+    when it opens: C{True} or C{False} (frames built here, masked or not)
+    when the fast path is on and C{ws}'s options allow it, else C{None}
+    (Autobahn's public C{sendMessage}).
     """
+    return _masking(ws) if ENABLED else None
 
-    def public(payload: bytes | memoryview) -> None:
+
+def sendBinary(ws: Any, payload: bytes | memoryview, masked: bool | None) -> None:
+    """
+    Send C{payload} as one unfragmented binary message on C{ws}, with the
+    masking L{sendMasking} chose: built here, or through Autobahn's public
+    C{sendMessage} (always when C{masked} is C{None}, and while Autobahn
+    has frames of its own queued or the payload is over its message limit).
+    """
+    n = len(payload)
+    if masked is None or ws.send_queue or 0 < ws.maxMessagePayloadSize < n:
         ws.sendMessage(bytes(payload), isBinary=True)
-
-    masked = _masking(ws) if ENABLED else None
-    if masked is None:
-        return public
-    write = ws.transport.write
+        return
+    frame = dataFrame(payload, masked)
     stats = ws.trafficStats
-
-    def fast(payload: bytes | memoryview) -> None:
-        n = len(payload)
-        if ws.send_queue or 0 < ws.maxMessagePayloadSize < n:
-            public(payload)
-            return
-        frame = dataFrame(payload, masked)
-        stats.outgoingWebSocketMessages += 1
-        stats.outgoingWebSocketFrames += 1
-        stats.outgoingOctetsAppLevel += n
-        stats.outgoingOctetsWebSocketLevel += n
-        stats.outgoingOctetsWireLevel += len(frame)
-        write(frame)
-
-    return fast
+    stats.outgoingWebSocketMessages += 1
+    stats.outgoingWebSocketFrames += 1
+    stats.outgoingOctetsAppLevel += n
+    stats.outgoingOctetsWebSocketLevel += n
+    stats.outgoingOctetsWireLevel += len(frame)
+    ws.transport.write(frame)
 
 
 # Receiving
@@ -476,27 +475,36 @@ def fastProtocol(cls: type) -> type:
 class _SharedOptionsMixin:
     """
     C{buildProtocol} returns an instance of a subclass of C{self.protocol}
-    carrying the factory's current option values as class attributes, with
-    no C{CONFIG_ATTRS} left for Autobahn to copy (and pretty-print) per
-    connection.  Rebuilt whenever an option value changes.
+    carrying the factory's option values as class attributes, with no
+    C{CONFIG_ATTRS} left for Autobahn to copy (and pretty-print) per
+    connection.  The subclass is built at the first connection and again
+    after each C{setProtocolOptions} or C{resetProtocolOptions} (Autobahn's
+    documented way of setting options; an option assigned directly to the
+    factory after its first connection is not seen).
     """
 
     protocol: Any
     _sharedClass: Any = None
-    _sharedValues: tuple[Any, ...] = ()
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        self._sharedClass = None
+        super().setProtocolOptions(*args, **kwargs)  # type: ignore[misc]
+
+    def resetProtocolOptions(self) -> None:
+        self._sharedClass = None
+        super().resetProtocolOptions()  # type: ignore[misc]
 
     def buildProtocol(self, addr: Any) -> Any:
         base = self.protocol
-        names = base.CONFIG_ATTRS
-        values = tuple(getattr(self, name) for name in names)
         cls = self._sharedClass
-        if cls is None or cls.__bases__[0] is not base or values != self._sharedValues:
-            attrs: dict[str, Any] = dict(zip(names, values, strict=True))
+        if cls is None or cls.__bases__[0] is not base:
+            names = base.CONFIG_ATTRS
+            attrs: dict[str, Any] = {name: getattr(self, name) for name in names}
             attrs["CONFIG_ATTRS"] = ()
             attrs["__module__"] = base.__module__
             attrs["__qualname__"] = base.__qualname__
             cls = type(base.__name__, (base,), attrs)
-            self._sharedClass, self._sharedValues = cls, values
+            self._sharedClass = cls
         proto = cls()
         proto.factory = self
         return proto

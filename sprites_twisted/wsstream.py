@@ -180,7 +180,7 @@ class WebSocketStreamTransport:
         "_peer",
         "_clock",
         "_closeTimeout",
-        "_timers",
+        "_timer",
         "_send",
         "__provides__",
     )
@@ -200,7 +200,7 @@ class WebSocketStreamTransport:
         self._peer = peer
         self._clock = clock
         self._closeTimeout = closeTimeout
-        self._timers: list[IDelayedCall] = []
+        self._timer: IDelayedCall | None = None
         #: The attached protocol (the channel delivers data to it).
         self.protocol: IProtocol | None = None
         self._send = channel.sendBinary
@@ -312,12 +312,9 @@ class WebSocketStreamTransport:
         A close frame was sent or received: make sure the TCP connection
         goes away soon even if the peer does not finish the handshake.
         """
-        if self._timers or self.channel.getTCPTransport() is None:
+        if self._timer is not None or self.channel.getTCPTransport() is None:
             return
-        self._timers = [
-            self._clock.callLater(self._closeTimeout, self._closeTCP, False),
-            self._clock.callLater(10 * self._closeTimeout, self._closeTCP, True),
-        ]
+        self._timer = self._clock.callLater(self._closeTimeout, self._closeTCP, False)
 
     def _closeTCP(self, abort: bool) -> None:
         tcp = self.channel.getTCPTransport()
@@ -327,6 +324,9 @@ class WebSocketStreamTransport:
             tcp.abortConnection()
         else:
             tcp.loseConnection()
+            # One timer at a time: the abort, 10 * closeTimeout after the
+            # close, if the connection is still there then.
+            self._timer = self._clock.callLater(9 * self._closeTimeout, self._closeTCP, True)
 
     def connectionLost(self, reason: Failure) -> None:
         """
@@ -334,10 +334,9 @@ class WebSocketStreamTransport:
         C{reason} (see L{closeFailure}).
         """
         self.disconnecting = True
-        for call in self._timers:
-            if call.active():
-                call.cancel()
-        self._timers = []
+        call, self._timer = self._timer, None
+        if call is not None and call.active():
+            call.cancel()
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.connectionLost(reason)
@@ -366,6 +365,9 @@ class ChannelMixin:
     _isBinary = False
     _textParts: list[bytes] | None = None
     _textSize = 0
+    #: How binary data is sent (L{_fastpath.sendMasking}): Autobahn's
+    #: public C{sendMessage} until the WebSocket opens.
+    _txMasked: bool | None = None
     # Set by Autobahn.
     state: int
     transport: Any
@@ -377,8 +379,7 @@ class ChannelMixin:
         return bool(self.state == self.STATE_OPEN)
 
     def sendBinary(self, data: bytes | memoryview) -> None:
-        # Replaced on open by the fast (or public) sender.
-        self.sendMessage(bytes(data), isBinary=True)  # type: ignore[attr-defined]
+        _fastpath.sendBinary(self, data, self._txMasked)
 
     def sendCloseCode(self, code: int, reason: str | None) -> None:
         sendCloseCode(self, code, reason)
@@ -391,7 +392,7 @@ class ChannelMixin:
         Call when the WebSocket opens: binary data goes out through the
         fast path's sender when it can.
         """
-        self.sendBinary = _fastpath.binarySender(self)  # type: ignore[method-assign,assignment]
+        self._txMasked = _fastpath.sendMasking(self)
 
     # Autobahn's callbacks
 

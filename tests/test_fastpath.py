@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test.iosim import FakeTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from sprites_twisted import _fastpath
 from sprites_twisted._fastpath import TEXT_FIN, dataFrame, frameHeader, unmask
@@ -111,6 +111,61 @@ class FrameTests(SynchronousTestCase):
         masked = create_xor_masker(mask, len(payload)).process(payload)
         for start, end in ((0, 5), (1, 2), (3, 700), (2, 768), (767, 768)):
             self.assertEqual(unmask(memoryview(masked)[start:end], mask, start), payload[start:end])
+
+
+class SharedOptionsTests(SynchronousTestCase):
+    """
+    L{_fastpath.fastFactory}: protocols share their factory's options
+    through one class, rebuilt when the options change.
+    """
+
+    def setUp(self) -> None:
+        if not _fastpath.ENABLED:
+            raise SkipTest("the fast path is off")
+        from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+        self.factory = _fastpath.fastFactory(WebSocketServerFactory)()
+        self.factory.protocol = WebSocketServerProtocol
+
+    def test_sharedClass(self) -> None:
+        """
+        Protocols built with the same options share one class carrying
+        them, and copy nothing per connection.
+        """
+        self.factory.setProtocolOptions(openHandshakeTimeout=7)
+        one, two = self.factory.buildProtocol(None), self.factory.buildProtocol(None)
+        self.assertIs(type(one), type(two))
+        self.assertEqual(type(one).CONFIG_ATTRS, ())
+        self.assertEqual(one.openHandshakeTimeout, 7)
+        self.assertIs(one.factory, self.factory)
+
+    def test_setProtocolOptions(self) -> None:
+        """
+        C{setProtocolOptions} and C{resetProtocolOptions} after a connection
+        reach the next protocol built.
+        """
+        first = self.factory.buildProtocol(None)
+        self.factory.setProtocolOptions(maxFramePayloadSize=1234)
+        second = self.factory.buildProtocol(None)
+        self.assertEqual(second.maxFramePayloadSize, 1234)
+        self.assertNotEqual(first.maxFramePayloadSize, 1234)
+        self.factory.resetProtocolOptions()
+        self.assertEqual(self.factory.buildProtocol(None).maxFramePayloadSize, 0)
+
+    def test_protocolClassChange(self) -> None:
+        """
+        A new C{protocol} class on the factory is used from the next
+        connection.
+        """
+        from autobahn.twisted.websocket import WebSocketServerProtocol
+
+        self.factory.buildProtocol(None)
+
+        class Other(WebSocketServerProtocol):
+            pass
+
+        self.factory.protocol = Other
+        self.assertIsInstance(self.factory.buildProtocol(None), Other)
 
 
 class Recorder(Protocol):
@@ -326,7 +381,10 @@ class SwitchTests(SynchronousTestCase):
             def sendMessage(self, payload: bytes, isBinary: bool) -> None:
                 sent.append((payload, isBinary))
 
-        _fastpath.binarySender(FakeWS())(memoryview(b"data"))
+        ws = FakeWS()
+        masked = _fastpath.sendMasking(ws)
+        self.assertIsNone(masked)
+        _fastpath.sendBinary(ws, memoryview(b"data"), masked)
         self.assertEqual(sent, [(b"data", True)])
 
     def test_unsupportedAutobahn(self) -> None:
