@@ -26,7 +26,7 @@ UNIT := $(filter-out $(E2E_MODULES) $(SPLIT_MODULES),$(patsubst tests/%.py,tests
 	tests.test_integration.HalfCloseTests tests.test_integration.StreamEndTests \
 	tests.test_integration.SocketOptionTests tests.test_integration.EarlyDataTests \
 	tests.test_autoforward.ForwarderTests tests.test_autoforward.RangeTests \
-	tests.test_autoforward.OptionsTests tests.test_fastpath.FrameTests \
+	tests.test_autoforward.OptionsTests tests.test_fastpath.FrameTests tests.test_fastpath.SharedOptionsTests \
 	tests.test_fastpath.ClientReceiveTests tests.test_fastpath.ServerReceiveTests
 
 .PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps check clean plugins venv

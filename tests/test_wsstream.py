@@ -106,9 +106,27 @@ class StreamTransportTests(SynchronousTestCase):
         gone.
         """
         self.stream.loseConnection()
-        self.clock.advance(1.0)
+        self.clock.advance(0.999)
+        self.assertFalse(self.channel.transport.disconnecting)
+        self.clock.advance(0.001)
         self.assertTrue(self.channel.transport.disconnecting)
+        self.assertFalse(self.channel.transport.disconnected)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.stream.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closeTimeoutAborts(self) -> None:
+        """
+        A TCP connection still there ten close timeouts after the close is
+        aborted; one timer runs at a time.
+        """
+        self.stream.loseConnection()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(1.0)
+        self.clock.advance(8.999)
+        self.assertFalse(self.channel.transport.disconnected)
+        self.clock.advance(0.001)
+        self.assertTrue(self.channel.transport.disconnected)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_flowControlGoesToTCP(self) -> None:
