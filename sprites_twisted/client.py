@@ -209,12 +209,17 @@ class SpritesClient:
             self._pools[spriteName] = pool
         return pool
 
-    def closeSpares(self) -> None:
+    def closeSpares(self, spriteName: str | None = None) -> None:
         """
-        Close every warm tunnel now (they are made again after the next
-        connection).
+        Close every warm tunnel now, or only those of C{spriteName} (they are
+        made again after the next connection).
         """
-        for pool in self._pools.values():
+        if spriteName is None:
+            pools = list(self._pools.values())
+        else:
+            pool = self._pools.get(spriteName)
+            pools = [pool] if pool is not None else []
+        for pool in pools:
             pool.close()
 
     def checkSprite(self, spriteName: str) -> Deferred[dict[str, Any]]:

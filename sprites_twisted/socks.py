@@ -813,8 +813,10 @@ class SOCKSServerFactory(Factory):
         *,
         credentials: Mapping[str, str] | None = None,
         requestTimeout: float = DEFAULT_REQUEST_TIMEOUT,
+        closeSpares: Callable[[], None] | None = None,
     ) -> None:
         self.endpointFor = endpointFor
+        self._closeSpares = closeSpares
         self.clock = clock
         self.spriteName = spriteName
         self.credentials = (
@@ -854,6 +856,14 @@ class SOCKSServerFactory(Factory):
         for proto in list(self.connections):
             proto.abort()
 
+    def closeSpares(self) -> None:
+        """
+        Close the warm tunnels kept for this factory's CONNECTs, if any (a
+        L{SOCKSService} calls this once it has stopped).
+        """
+        if self._closeSpares is not None:
+            self._closeSpares()
+
 
 def socksFactory(
     client: SpritesClient,
@@ -885,6 +895,7 @@ def socksFactory(
         spriteName,
         credentials=credentials,
         requestTimeout=requestTimeout,
+        closeSpares=lambda: client.closeSpares(spriteName),
     )
 
 
@@ -957,7 +968,7 @@ class SOCKSService(Service):
     and C{startService} raises, with C{CannotListenError} naming the
     address when the port cannot be had, so that start-up stops; stopping
     stops listening, gives open connections C{drainTimeout} seconds, then
-    closes them.
+    closes them, and closes the factory's warm tunnels.
     """
 
     log = Logger()
@@ -1042,7 +1053,11 @@ class SOCKSService(Service):
 
             return idle.addBoth(stopTimer)
 
-        return d.addBoth(drain)
+        def closeSpares(result: Any) -> Any:
+            self.factory.closeSpares()
+            return result
+
+        return d.addBoth(drain).addBoth(closeSpares)
 
 
 def _isLoopback(host: str) -> bool:

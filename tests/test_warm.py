@@ -186,6 +186,43 @@ class WarmPoolTests(SynchronousTestCase):
         self.sprite.flush()
         self.assertEqual(pool.ready, 0)
 
+    def test_closeSparesOfOneSprite(self) -> None:
+        """
+        C{closeSpares(name)} closes that sprite's warm tunnels only.
+        """
+        other = self.client._pool("other")
+        assert other is not None
+        closed: list[str] = []
+        self.patch(other, "close", lambda: closed.append("other"))
+        self.connect().transport.loseConnection()
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 1)
+        self.client.closeSpares("other")
+        self.assertEqual((closed, self.pool.ready), (["other"], 1))
+        self.client.closeSpares("demo")
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 0)
+        self.client.closeSpares("nosuch")
+
+    def test_socksServiceStopClosesSpares(self) -> None:
+        """
+        A SOCKS service that stops leaves no warm tunnel of its sprite
+        behind.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from sprites_twisted.socks import SOCKSService
+
+        factory = self.client.socksFactory("demo")
+        service = SOCKSService(MemoryReactorClock(), factory, "127.0.0.1", 1080)
+        service.startService()
+        self.connect().transport.loseConnection()
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 1)
+        self.successResultOf(service.stopService())
+        self.sprite.flush()
+        self.assertEqual(self.pool.ready, 0)
+
 
 class EarlyDataTests(SynchronousTestCase):
     """
