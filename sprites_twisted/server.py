@@ -71,7 +71,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TUNNELS = 10000
-DEFAULT_INIT_TIMEOUT = 10.0
+#: Seconds an upgraded tunnel may wait for its init.  Longer than a client's
+#: warm tunnel is kept unused (10 s, L{sprites_twisted.warm}), so that the
+#: client closes its idle spare with 1000 before this server would refuse it.
+DEFAULT_INIT_TIMEOUT = 30.0
 DEFAULT_MAX_FRAME = 1024 * 1024
 #: Seconds a connection may take to send its whole request.
 DEFAULT_REQUEST_TIMEOUT = 10.0
