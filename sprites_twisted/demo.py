@@ -325,7 +325,8 @@ async def run(reactor: Any, once: bool) -> int:
     async def stopInOrder() -> None:
         # The proxy first, so that its tunnels end before the server does.
         for child in reversed(children):
-            await child.terminate()
+            if child.transport is not None:  # started
+                await child.terminate()
         _say(
             f"Stopped: sprites-proxy exited {children[1].exitCode}, "
             f"sprites-local exited {children[0].exitCode}."
@@ -339,11 +340,13 @@ async def run(reactor: Any, once: bool) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", stopChildren)
     workdir = os.getcwd()
     children[0].start(reactor, localArgs, env, workdir)
-    children[1].start(reactor, proxyArgs, env, workdir)
 
     _say(f"Waiting until 127.0.0.1:{localPort} answers (the demo checks with an empty connection).")
     try:
-        await waitForPort(reactor, apiPort, children)
+        # The proxy starts once the API answers, so that its check of the
+        # sprite before listening finds the server.
+        await waitForPort(reactor, apiPort, children[:1])
+        children[1].start(reactor, proxyArgs, env, workdir)
         await waitForPort(reactor, localPort, children)
         response = await fetch(reactor, localPort)
     except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit

@@ -54,6 +54,8 @@ class DemoRunTests(TestCase):
             text, r"\[sprites-proxy\] forwarding 127\.0\.0\.1:\d+ -> demo localhost:\d+"
         )
         self.assertIn("Stopped: sprites-proxy exited 0, sprites-local exited -15.", text)
+        # The proxy starts once the API answers: its check finds the server.
+        self.assertNotIn("could not check the sprite", text)
         self.assertEqual(os.listdir(cwd), [], "the demo must leave no pid or log file behind")
 
 
