@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted.config import checkSpriteName, isLoopbackHost, parseAPIURL
+from sprites_twisted.config import DEFAULT_MAX_PORTS, checkSpriteName, isLoopbackHost, parseAPIURL
 from sprites_twisted.errors import MappingError
 from sprites_twisted.mapping import PortMapping, formatTarget
 from sprites_twisted.portwatch import IPortObserver, IPortWatcher, ListeningPort
@@ -58,8 +58,6 @@ __all__ = [
     "PORT_SEARCH",
 ]
 
-#: The most ports forwarded at once unless told otherwise.
-DEFAULT_MAX_PORTS = 64
 #: How many local port numbers are tried, from the sprite's port up.
 PORT_SEARCH = 100
 

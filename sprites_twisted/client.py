@@ -24,18 +24,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sprites_twisted.config import (
+    DEFAULT_API_URL,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_INTERFACE,
     DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_LINGER_TIMEOUT,
+    DEFAULT_PREWARM,
+    DEFAULT_PREWARM_IDLE,
     checkSpriteName,
     checkToken,
     isLoopbackHost,
     parseAPIURL,
 )
-from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, SpriteProxyEndpoint
+from sprites_twisted.endpoint import SpriteProxyEndpoint
 from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
-from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.mapping import PortMapping, parseAddress
-from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, ProxySession
-from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE, WarmPool
+from sprites_twisted.session import ProxySession
+from sprites_twisted.warm import WarmPool
 
 __all__ = ["SpritesClient", "Sprite", "DEFAULT_KEEPALIVE_INTERVAL", "serverEndpoint"]
 
@@ -106,7 +112,7 @@ class SpritesClient:
         self,
         reactor: Any,
         token: str,
-        baseURL: str = "https://api.sprites.dev",
+        baseURL: str = DEFAULT_API_URL,
         *,
         handshakeTimeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         lingerTimeout: float = DEFAULT_LINGER_TIMEOUT,

@@ -4,6 +4,12 @@ Where the Sprites API is and how to authenticate: base URL, token, and the
 per-sprite proxy URL.  Pure functions over strings and an environment
 mapping, so they are trivially testable and shared by the library, the
 twistd plugins and the endpoint parser.
+
+Every tunable default of the library, the commands and the local sprite
+server is defined here, once; the modules that use one import it from here
+(and re-export it under the name they always had).  Hard limits of a wire
+format (the largest init, reply or SOCKS request) live with the code that
+enforces them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_INTERFACE",
     "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_PREWARM",
+    "DEFAULT_PREWARM_IDLE",
+    "DEFAULT_RESET_FLUSH_TIMEOUT",
+    "DEFAULT_WATCH_PING_INTERVAL",
+    "DEFAULT_WATCH_CONNECT_TIMEOUT",
+    "DEFAULT_WATCH_BACKOFF",
+    "DEFAULT_MAX_PORTS",
+    "DEFAULT_SOCKS_REQUEST_TIMEOUT",
+    "DEFAULT_LOCAL_LISTEN",
+    "DEFAULT_MAX_TUNNELS",
+    "DEFAULT_INIT_TIMEOUT",
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_SERVER_REQUEST_TIMEOUT",
     "APIEndpoint",
     "apiURLFromEnvironment",
     "tokenFromEnvironment",
@@ -57,6 +76,45 @@ DEFAULT_INTERFACE = "127.0.0.1"
 #: Seconds between WebSocket pings on an open tunnel (0: none); a tunnel
 #: is dead after three intervals without an answer.
 DEFAULT_KEEPALIVE_INTERVAL = 15.0
+#: Warm tunnels (upgraded, not yet initialised) kept per sprite after a
+#: connection used one (0: none).
+DEFAULT_PREWARM = 1
+#: Seconds a warm tunnel may stay unused before it is closed with 1000.
+DEFAULT_PREWARM_IDLE = 10.0
+#: Seconds a reset waits for the kernel to send what it already holds.
+DEFAULT_RESET_FLUSH_TIMEOUT = 30.0
+
+# The port watch and automatic forwarding.
+
+#: Seconds between pings on an open port watch (the SDKs' 15 s).
+DEFAULT_WATCH_PING_INTERVAL = 15.0
+#: Seconds from starting a watch connection to its upgrade being answered.
+DEFAULT_WATCH_CONNECT_TIMEOUT = 30.0
+#: Reconnection backoff of the port watch: first delay, factor, cap (s).
+DEFAULT_WATCH_BACKOFF = (1.0, 2.0, 30.0)
+#: The most ports forwarded at once unless told otherwise.
+DEFAULT_MAX_PORTS = 64
+
+# The SOCKS port.
+
+#: Seconds from accepting a SOCKS connection until its request is complete.
+DEFAULT_SOCKS_REQUEST_TIMEOUT = 30.0
+
+# The local sprite server (``twistd sprites-local``).
+
+#: Where the local sprite server listens unless told otherwise: loopback.
+DEFAULT_LOCAL_LISTEN = "tcp:8900:interface=127.0.0.1"
+#: Tunnels the local sprite server holds open at once.
+DEFAULT_MAX_TUNNELS = 10000
+#: Seconds an upgraded tunnel may wait for its init.  Longer than a client
+#: keeps a warm tunnel unused (L{DEFAULT_PREWARM_IDLE}), so that the client
+#: closes its idle spare with 1000 before the server would refuse it.
+DEFAULT_INIT_TIMEOUT = 30.0
+#: The largest WebSocket frame the local sprite server accepts.
+DEFAULT_MAX_FRAME = 1024 * 1024
+#: Seconds an HTTP connection to the local server may take to send its
+#: whole request.
+DEFAULT_SERVER_REQUEST_TIMEOUT = 10.0
 TOKEN_VARIABLES = ("SPRITE_TOKEN", "SPRITES_TOKEN")
 
 

@@ -25,15 +25,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sprites_twisted._twistd import TokenOptions, checkServerEndpoint
-from sprites_twisted.config import checkSpriteName, isLoopbackHost
+from sprites_twisted.config import DEFAULT_LOCAL_LISTEN as DEFAULT_LISTEN
+from sprites_twisted.config import DEFAULT_MAX_TUNNELS, checkSpriteName, isLoopbackHost
 from sprites_twisted.errors import ConfigurationError
 from sprites_twisted.mapping import checkHost
-from sprites_twisted.server import DEFAULT_MAX_TUNNELS, LocalSpriteServer
+from sprites_twisted.server import LocalSpriteServer
 
 __all__ = ["DEFAULT_LISTEN", "Options", "makeService"]
 
-#: Where the server listens unless told otherwise: loopback only.
-DEFAULT_LISTEN = "tcp:8900:interface=127.0.0.1"
 
 log = Logger()
 

@@ -34,6 +34,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprites_twisted.config import DEFAULT_RESET_FLUSH_TIMEOUT as RESET_FLUSH_TIMEOUT
 from sprites_twisted.interfaces import IResettableTransport
 
 __all__ = [
@@ -48,8 +49,6 @@ __all__ = [
 #: Read size and producer-pause level of relayed TCP connections (see
 #: L{setBufferSize}); ``docs/performance.md`` says why this size.
 PIPE_BUFFER_SIZE = 96 * 1024
-#: How long a reset waits for the kernel to send what it holds.
-RESET_FLUSH_TIMEOUT = 30.0
 _FLUSH_POLL = 0.01
 
 

@@ -50,7 +50,16 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from sprites_twisted import __version__
-from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL, proxyPath
+from sprites_twisted.config import (
+    DEFAULT_API_URL,
+    DEFAULT_WATCH_BACKOFF,
+    checkSpriteName,
+    checkToken,
+    parseAPIURL,
+    proxyPath,
+)
+from sprites_twisted.config import DEFAULT_WATCH_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
+from sprites_twisted.config import DEFAULT_WATCH_PING_INTERVAL as PING_INTERVAL
 from sprites_twisted.keepalive import Keepalive
 from sprites_twisted.tls import isTLSFailure, tlsFailure
 
@@ -67,16 +76,10 @@ __all__ = [
     "PING_INTERVAL",
 ]
 
-#: Seconds between pings on an open watch (the SDKs' 15 s).
-PING_INTERVAL = 15.0
 #: The largest watch message accepted (a ``port_list`` of every port fits).
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 #: Backoff: first delay, factor, cap (seconds).
-INITIAL_DELAY = 1.0
-BACKOFF_FACTOR = 2.0
-MAX_DELAY = 30.0
-#: Seconds from starting a connection to its upgrade being answered.
-DEFAULT_CONNECT_TIMEOUT = 30.0
+INITIAL_DELAY, BACKOFF_FACTOR, MAX_DELAY = DEFAULT_WATCH_BACKOFF
 
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*", "::0"})
 
@@ -303,7 +306,7 @@ class PortWatcher:
         observer: IPortObserver,
         *,
         token: str,
-        apiURL: str = "https://api.sprites.dev",
+        apiURL: str = DEFAULT_API_URL,
         transportEndpoint: IStreamClientEndpoint | None = None,
         trustRoot: Any = None,
         allowInsecure: bool = False,

@@ -54,7 +54,13 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from sprites_twisted.config import DEFAULT_CLOSE_TIMEOUT
+from sprites_twisted.config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_INIT_TIMEOUT,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_TUNNELS,
+)
+from sprites_twisted.config import DEFAULT_SERVER_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from sprites_twisted.portscan import mountPortWatch
 from sprites_twisted.servertunnel import ProxyServerFactory, ServerTunnel
 from sprites_twisted.tracking import OpenSet
@@ -70,14 +76,6 @@ __all__ = [
     "MAX_REQUEST_HEADER",
 ]
 
-DEFAULT_MAX_TUNNELS = 10000
-#: Seconds an upgraded tunnel may wait for its init.  Longer than a client's
-#: warm tunnel is kept unused (10 s, L{sprites_twisted.warm}), so that the
-#: client closes its idle spare with 1000 before this server would refuse it.
-DEFAULT_INIT_TIMEOUT = 30.0
-DEFAULT_MAX_FRAME = 1024 * 1024
-#: Seconds a connection may take to send its whole request.
-DEFAULT_REQUEST_TIMEOUT = 10.0
 #: The largest HTTP request head (request line and headers) the server
 #: reads; a larger one is answered 431.
 MAX_REQUEST_HEADER = 16 * 1024

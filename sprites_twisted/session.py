@@ -29,17 +29,12 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted.config import isLoopbackHost
+from sprites_twisted.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, isLoopbackHost
 from sprites_twisted.interfaces import IProxySession
 from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT, LocalProxyFactory
 from sprites_twisted.mapping import PortMapping, formatTarget
 
 __all__ = ["ProxySession", "DEFAULT_DRAIN_TIMEOUT", "DEFAULT_INTERFACE"]
-
-#: Seconds open connections may go on after a session stops listening.
-DEFAULT_DRAIN_TIMEOUT = 5.0
-#: Where listeners bind unless the caller says otherwise.
-DEFAULT_INTERFACE = "127.0.0.1"
 
 #: The session's states.  NEW: never listened; STARTING: a listen is under
 #: way; LISTENING; CLOSING: not listening, connections draining; STOPPED:

@@ -47,6 +47,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sprites_twisted.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE
+from sprites_twisted.config import DEFAULT_SOCKS_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from sprites_twisted.errors import (
     APIUnreachableError,
     HandshakeError,
@@ -79,8 +81,6 @@ __all__ = [
 #: incomplete.  The largest valid one (a SOCKS4a request with a 255-byte user
 #: id and a 255-byte name) is 520 bytes.
 MAX_BUFFER = 1024
-#: Seconds from accepting a connection until its request must be complete.
-DEFAULT_REQUEST_TIMEOUT = 30.0
 #: The most bytes kept from a client between its request and the reply
 #: (pipelined data; the connection is paused, so this is what one read got).
 MAX_EARLY_DATA = 256 * 1024
@@ -928,7 +928,7 @@ def parseCredentials(text: str, source: str = "credentials") -> dict[str, str]:
     return credentials
 
 
-def parseListenAddress(text: str, default: str = "127.0.0.1") -> tuple[str, int]:
+def parseListenAddress(text: str, default: str = DEFAULT_INTERFACE) -> tuple[str, int]:
     """
     Parse ``[BIND:]PORT`` (``1080``, ``127.0.0.1:1080``, ``[::1]:1080``).
 
@@ -979,7 +979,7 @@ class SOCKSService(Service):
         factory: SOCKSServerFactory,
         interface: str,
         port: int,
-        drainTimeout: float = 5.0,
+        drainTimeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self.factory = factory

@@ -25,15 +25,22 @@ from twisted.python.failure import Failure
 
 from sprites_twisted import autoforward
 from sprites_twisted._twistd import TokenOptions, checkServerEndpoint, positiveNumber
-from sprites_twisted.client import DEFAULT_KEEPALIVE_INTERVAL, SpritesClient
+from sprites_twisted.client import SpritesClient
 from sprites_twisted.config import (
+    DEFAULT_API_URL,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_INTERFACE,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_LINGER_TIMEOUT,
+    DEFAULT_PREWARM,
+    DEFAULT_PREWARM_IDLE,
     apiURLFromEnvironment,
     checkSpriteName,
     parseAPIURL,
 )
-from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, loadTrustRoot
+from sprites_twisted.endpoint import loadTrustRoot
 from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
-from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.manager import ProxyManager
 from sprites_twisted.mapping import (
     PortMapping,
@@ -42,8 +49,6 @@ from sprites_twisted.mapping import (
     parseAddress,
     parseMapping,
 )
-from sprites_twisted.session import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE
-from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
 
 __all__ = ["Options", "makeService"]
 
@@ -112,7 +117,7 @@ class Options(TokenOptions):
             "api-url",
             None,
             None,
-            "Sprites API base URL (default: $SPRITES_API_URL, else https://api.sprites.dev).",
+            f"Sprites API base URL (default: $SPRITES_API_URL, else {DEFAULT_API_URL}).",
         ],
         [
             "bind",

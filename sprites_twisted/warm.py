@@ -24,14 +24,10 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from sprites_twisted.config import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
 from sprites_twisted.tunnel import CLOSED, SPARE, Tunnel
 
 __all__ = ["DEFAULT_PREWARM", "DEFAULT_PREWARM_IDLE", "WarmPool"]
-
-#: Spares kept per sprite after a connection used one.
-DEFAULT_PREWARM = 1
-#: Seconds a spare may stay unused before it is closed.
-DEFAULT_PREWARM_IDLE = 10.0
 
 
 class WarmPool:

@@ -4,12 +4,17 @@ Tests for L{sprites_twisted.config}.
 
 from __future__ import annotations
 
+import ast
 import os
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import sprites_twisted
 from sprites_twisted.config import (
     DEFAULT_API_URL,
+    DEFAULT_INIT_TIMEOUT,
+    DEFAULT_PREWARM_IDLE,
     apiURLFromEnvironment,
     checkToken,
     isLoopbackHost,
@@ -196,3 +201,56 @@ class LoopbackTests(SynchronousTestCase):
             self.assertTrue(isLoopbackHost(host), host)
         for host in ["example.com", "10.0.0.1", "0.0.0.0", "::", "localhost.example.com"]:
             self.assertFalse(isLoopbackHost(host), host)
+
+
+class DefaultsTests(SynchronousTestCase):
+    """
+    Every tunable default is defined once, in L{sprites_twisted.config}.
+    """
+
+    def test_definedOnlyInConfig(self) -> None:
+        """
+        No other product module assigns a C{DEFAULT_*} name of its own
+        (importing one from config, under any name, is how they get it).
+        """
+        package = Path(sprites_twisted.__file__).parent
+        found = []
+        for path in sorted(package.glob("*.py")):
+            if path.name == "config.py":
+                continue
+            for node in ast.parse(path.read_text()).body:
+                targets = node.targets if isinstance(node, ast.Assign) else []
+                if isinstance(node, ast.AnnAssign):
+                    targets = [node.target]
+                for target in targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name) and name.id.startswith("DEFAULT_"):
+                            found.append(f"{path.name}: {name.id}")
+        self.assertEqual(found, [])
+
+    def test_reExported(self) -> None:
+        """
+        The names the modules always had are config's own values.
+        """
+        from sprites_twisted import config, localtap, pipe, portwatch, server, session, socks, warm
+
+        self.assertIs(session.DEFAULT_DRAIN_TIMEOUT, config.DEFAULT_DRAIN_TIMEOUT)
+        self.assertIs(warm.DEFAULT_PREWARM_IDLE, config.DEFAULT_PREWARM_IDLE)
+        self.assertIs(server.DEFAULT_INIT_TIMEOUT, config.DEFAULT_INIT_TIMEOUT)
+        self.assertIs(server.DEFAULT_REQUEST_TIMEOUT, config.DEFAULT_SERVER_REQUEST_TIMEOUT)
+        self.assertIs(socks.DEFAULT_REQUEST_TIMEOUT, config.DEFAULT_SOCKS_REQUEST_TIMEOUT)
+        self.assertIs(localtap.DEFAULT_LISTEN, config.DEFAULT_LOCAL_LISTEN)
+        self.assertIs(pipe.RESET_FLUSH_TIMEOUT, config.DEFAULT_RESET_FLUSH_TIMEOUT)
+        self.assertIs(portwatch.PING_INTERVAL, config.DEFAULT_WATCH_PING_INTERVAL)
+        self.assertEqual(
+            (portwatch.INITIAL_DELAY, portwatch.BACKOFF_FACTOR, portwatch.MAX_DELAY),
+            config.DEFAULT_WATCH_BACKOFF,
+        )
+
+    def test_initTimeoutOutlastsSpare(self) -> None:
+        """
+        The local server waits for an init longer than a client keeps a warm
+        tunnel unused, so an idle spare is closed by its client (1000), not
+        refused by the server.
+        """
+        self.assertGreater(DEFAULT_INIT_TIMEOUT, DEFAULT_PREWARM_IDLE)
