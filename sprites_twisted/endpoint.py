@@ -30,7 +30,7 @@ from sprites_twisted.config import (
     parseAPIURL,
     proxyPath,
 )
-from sprites_twisted.errors import APIUnreachableError, TunnelTimeoutError
+from sprites_twisted.errors import APIUnreachableError, HandshakeError, TunnelTimeoutError
 from sprites_twisted.mapping import checkHost, checkPort, formatTarget
 from sprites_twisted.tls import (
     ResumingClientTLS,
@@ -193,6 +193,19 @@ class SpriteProxyEndpoint:
         if self._pool is not None:
             self._pool.close()
 
+    def _refill(self, outcome: Any) -> Any:
+        """
+        A connection's tunnel is settled: top the warm pool up, unless the
+        API itself failed (unreachable, refused the upgrade, timed out) or
+        the caller cancelled, where a spare would fail the same way.  Done
+        now rather than when the tunnel was claimed, so that the spare's
+        upgrade does not compete with this tunnel's set-up for the CPU.
+        """
+        if not isinstance(outcome, Failure) or outcome.check(HandshakeError):
+            assert self._pool is not None
+            self._pool.used(self.openTunnel)
+        return outcome
+
     def _connect(
         self, protocolFactory: IProtocolFactory, early: EarlyData | None
     ) -> Deferred[IProtocol]:
@@ -227,7 +240,7 @@ class SpriteProxyEndpoint:
         else:
             claim(self.openTunnel())
         if self._pool is not None:
-            self._pool.used(self.openTunnel)
+            result.addBoth(self._refill)
         if self._timeout:
             timeout = self._timeout
 

@@ -9,7 +9,10 @@ HTTP upgrade: two or more round trips) when one does.  The rules:
 
 - spares are made only after a connection used a tunnel (warm or cold), up
   to C{size} per sprite, so an idle forwarder holds no WebSocket and never
-  keeps a sprite awake;
+  keeps a sprite awake; the endpoint does it once that connection's tunnel
+  answered (not while it is set up, where the spare's upgrade would compete
+  with it for the CPU), and not when the API failed it (unreachable, upgrade
+  refused, timed out: a spare would fail the same way);
 - a spare unused for C{idleTimeout} seconds is closed with 1000;
 - a spare the server closed is dropped from the pool; one that dies after
   being claimed, before answering the init, is retried once on a fresh

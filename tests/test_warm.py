@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted.client import SpritesClient
-from sprites_twisted.errors import ConfigurationError
+from sprites_twisted.errors import ConfigurationError, HandshakeError, SpriteAuthError
 from sprites_twisted.testing import MemorySprite
 from sprites_twisted.tunnel import EarlyData
 from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
@@ -90,6 +90,40 @@ class WarmPoolTests(SynchronousTestCase):
         second.transport.write(b"two")
         self.sprite.flush()
         self.assertEqual((first.received, second.received), (b"one", b"two"))
+
+    def test_refillOnceSettled(self) -> None:
+        """
+        The spare that replaces a used one is opened once the connection's
+        tunnel answered, not while it is being set up (where its upgrade
+        would compete with that tunnel's for the CPU).
+        """
+        self.connect()
+        d = self.endpoint.connect(Factory.forProtocol(Recorder))
+        api = self.sprite.apiEndpoint.connections
+        self.assertEqual((self.pool.ready, len(self.pool._upgrading), len(api)), (0, 0, 2))
+        self.sprite.flush()
+        self.successResultOf(d)
+        self.assertEqual((self.pool.ready, len(api)), (1, 3))
+
+    def test_noRefillWhenTheAPIFails(self) -> None:
+        """
+        A connection the API refuses (here: a wrong token) leaves no spare
+        behind: it would be refused the same way.  A tunnel whose target
+        was refused does, since the API itself worked.
+        """
+        api = self.sprite.apiEndpoint.connections
+        client = self.sprite.client("wrong-token-0123456789", prewarm=1)
+        d = client.endpoint("demo", 5432).connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        self.failureResultOf(d, SpriteAuthError)
+        pool = client._pool("demo")
+        assert pool is not None
+        self.assertEqual((pool.ready, len(pool._upgrading), len(api)), (0, 0, 1))
+
+        d = self.client.endpoint("demo", 9999).connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        self.failureResultOf(d, HandshakeError)
+        self.assertEqual((self.pool.ready, len(api)), (1, 3))
 
     def test_idleExpiry(self) -> None:
         """
