@@ -282,6 +282,27 @@ def _childLine(name: str) -> Callable[[str], None]:
     return show
 
 
+def _describeExit(child: TwistdProcess) -> str:
+    """
+    How C{child} ended, for the demo's last line.
+    """
+    if child.transport is None:
+        return f"{child.name} not started"
+    return f"{child.name} exited {child.exitCode}"
+
+
+def _stopStatus(local: TwistdProcess, proxy: TwistdProcess) -> int:
+    """
+    The demo's exit status once it stopped its children: 0 if each stopped
+    as it should, 1 otherwise.  The command exits 0 after a drained stop;
+    twistd exits by the signal it was stopped with, as is its convention;
+    a child never started (a stop during start-up) had nothing to stop.
+    """
+    proxyClean = proxy.transport is None or proxy.exitCode == 0
+    localClean = local.transport is None or local.exitCode in (0, -signal.SIGTERM)
+    return 0 if proxyClean and localClean else 1
+
+
 async def run(reactor: Any, once: bool) -> int:
     """
     The demo; returns the exit status.
@@ -327,10 +348,7 @@ async def run(reactor: Any, once: bool) -> int:
         for child in reversed(children):
             if child.transport is not None:  # started
                 await child.terminate()
-        _say(
-            f"Stopped: sprites-proxy exited {children[1].exitCode}, "
-            f"sprites-local exited {children[0].exitCode}."
-        )
+        _say(f"Stopped: {_describeExit(children[1])}, {_describeExit(children[0])}.")
 
     def stopChildren() -> Deferred[Any]:
         if not stopping:
@@ -374,10 +392,7 @@ async def run(reactor: Any, once: bool) -> int:
         _say("Forwarding until Ctrl-C.")
         await Deferred()  # until Ctrl-C; the shutdown trigger stops the children
     await stopChildren()
-    # The command exits 0 after a drained stop; twistd exits by the signal
-    # it was stopped with, as is its convention.
-    clean = children[1].exitCode == 0 and children[0].exitCode in (0, -signal.SIGTERM)
-    return 0 if clean else 1
+    return _stopStatus(*children)
 
 
 async def _main(reactor: Any, *argv: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -72,6 +73,26 @@ class DemoPieceTests(SynchronousTestCase):
             Deferred.fromCoroutine(demo._main(None, "--forever")), SystemExit
         )
         self.assertIn("'--forever'", str(failure.value))
+
+    def test_stopStatus(self) -> None:
+        """
+        The demo exits 0 when the command exited 0 and twistd by SIGTERM (or
+        0), or when a child was never started; 1 otherwise, and its last
+        line says which child was not started.
+        """
+        local, proxy = demo.TwistdProcess("sprites-local"), demo.CommandProcess("sprites-proxy")
+        self.assertEqual(demo._stopStatus(local, proxy), 0)
+        self.assertEqual(demo._describeExit(proxy), "sprites-proxy not started")
+        local.makeConnection(StringTransport())
+        for code, status in [(-15, 0), (0, 0), (1, 1), (-9, 1)]:
+            local.exitCode = code
+            self.assertEqual(demo._stopStatus(local, proxy), status, code)
+        local.exitCode = -15
+        proxy.makeConnection(StringTransport())
+        for code, status in [(0, 0), (1, 1), (-15, 1)]:
+            proxy.exitCode = code
+            self.assertEqual(demo._stopStatus(local, proxy), status, code)
+        self.assertEqual(demo._describeExit(proxy), "sprites-proxy exited -15")
 
     def test_childLines(self) -> None:
         """
