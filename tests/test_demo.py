@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sprites_twisted import demo
@@ -21,9 +25,65 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 reactor: Any = _globalReactor
 
 
+def childEnvironment() -> dict[str, str]:
+    """
+    Our environment without any token, this checkout first on the path.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("SPRITE_TOKEN", "SPRITES_TOKEN")}
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+class DemoProcess(demo.TwistdProcess):
+    """
+    ``python -m sprites_twisted.demo ARGS`` as a child: C{output} has both
+    streams (and C{whenOutput} waits on them), C{err} stderr alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("demo")
+        self.err = b""
+
+    @staticmethod
+    def commandLine(args: Any) -> list[str]:
+        return [sys.executable, "-m", "sprites_twisted.demo", *args]
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+        self.outReceived(data)
+
+
+class KeptAlive(Protocol):
+    """
+    An HTTP/1.1 client that asks for one page and keeps the connection
+    open afterwards (the demo service keeps it alive).
+
+    :ivar page: fires once the page has arrived.
+    :ivar closed: fires when the connection is gone.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.page: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if demo.PAGE in self.received and not self.page.called:
+            self.page.callback(None)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
 class DemoRunTests(TestCase):
     """
-    The demo as ``make demo`` runs it, with ``--once``.
+    The demo as ``make demo`` runs it: with ``--once``, and stopped by
+    signals.
     """
 
     timeout = 30
@@ -35,8 +95,7 @@ class DemoRunTests(TestCase):
         after its drained stop, twistd sprites-local by SIGTERM (twistd's
         convention).
         """
-        env = {k: v for k, v in os.environ.items() if k not in ("SPRITE_TOKEN", "SPRITES_TOKEN")}
-        env["PYTHONPATH"] = ROOT
+        env = childEnvironment()
         cwd = self.mktemp()
         os.makedirs(cwd)
         out, err, code = await getProcessOutputAndValue(
@@ -58,6 +117,50 @@ class DemoRunTests(TestCase):
         # The proxy starts once the API answers: its check finds the server.
         self.assertNotIn("could not check the sprite", text)
         self.assertEqual(os.listdir(cwd), [], "the demo must leave no pid or log file behind")
+
+    async def test_secondSignal(self) -> None:
+        """
+        A second SIGINT while the children stop is ignored, said once on
+        stderr, with no traceback: the stop goes on in order and the demo
+        exits 0 once both children stopped as they should.
+        """
+        env = childEnvironment()
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        child = DemoProcess()
+        child.start(reactor, [], env, cwd)
+        self.addCleanup(child.terminate)
+        await child.whenOutput("Forwarding until Ctrl-C.")
+        port = re.search(rb"curl http://127\.0\.0\.1:(\d+)/", child.output)
+        assert port is not None
+        # A connection kept open through the tunnel keeps sprites-proxy
+        # draining, so that the second signal comes while the demo waits.
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", int(port[1])), KeptAlive()
+        )
+        self.addCleanup(lambda: client.transport.abortConnection())  # type: ignore[union-attr]
+        await client.page
+        child.transport.signalProcess("INT")  # type: ignore[union-attr]
+        await child.whenOutput("[sprites-proxy] stopped forwarding")
+        child.transport.signalProcess("INT")  # type: ignore[union-attr]
+        # Its answer to the second signal: the note, or (the bug) a traceback.
+        await DeferredList(
+            [child.whenOutput("already stopping"), child.whenOutput("Traceback")],
+            fireOnOneCallback=True,
+            consumeErrors=True,
+        )
+        # Reset rather than close: a closed one would keep its tunnel open
+        # a while for a reply (half-close).
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        await client.closed
+        code = await child.ended
+        text = child.output.decode()
+        self.assertNotIn("Traceback", text)
+        self.assertEqual(code, 0, text)
+        self.assertEqual(
+            child.err.decode().splitlines(), ["SIGINT: already stopping; waiting for the children."]
+        )
+        self.assertIn("Stopped: sprites-proxy exited 0, sprites-local exited -15.", text)
 
 
 class DemoPieceTests(SynchronousTestCase):
