@@ -284,6 +284,19 @@ def _relaySignals(reactor: Any, handler: Callable[[int], None]) -> None:
             signal.signal(number, relay)
 
 
+def _ignoreSignals() -> None:
+    """
+    Ignore SIGINT and SIGTERM from now on: for after the stop, when there
+    is nothing left to stop.  Exiting still takes a moment (the
+    interpreter's teardown, a good 0.1 s), and a signal then is no longer
+    handled by Python: it ends the process by that signal, as if the clean
+    stop had been cut short (a late second Ctrl-C).  An ignored signal
+    stays ignored through the teardown.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
 def _childLine(name: str) -> Callable[[str], None]:
     """
     Print a child's log line, labelled, without its timestamp: only our
@@ -457,6 +470,7 @@ async def run(reactor: Any, once: bool) -> int:
             raise
         status = 0  # stopped as asked; the children's exits decide
     await stopChildren()
+    _ignoreSignals()
     return status or _stopStatus(*children)
 
 

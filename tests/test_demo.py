@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -196,6 +197,17 @@ class DemoPieceTests(SynchronousTestCase):
             proxy.exitCode = code
             self.assertEqual(demo._stopStatus(local, proxy), status, code)
         self.assertEqual(demo._describeExit(proxy), "sprites-proxy exited -15")
+
+    def test_ignoreSignals(self) -> None:
+        """
+        After the stop, SIGINT and SIGTERM are ignored, so that a late one
+        cannot end a cleanly stopped demo by that signal.
+        """
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        demo._ignoreSignals()
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.SIG_IGN)
+        self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_IGN)
 
     def test_childLines(self) -> None:
         """
