@@ -13,9 +13,14 @@ It starts three things on 127.0.0.1, on free ports:
    forwarded into a real sprite.
 
 It fetches one page through the forwarded port, prints it and the command
-to try by hand, and keeps forwarding until Ctrl-C; then it stops the
-commands (SIGTERM) and waits for them.  ``--once`` stops right after the
-fetch (the tests use it).
+to try by hand, and keeps forwarding until Ctrl-C (or SIGTERM); then it
+stops the commands (SIGTERM), the proxy first, and waits for them.  A
+further signal while they stop is ignored, with one line on stderr: the
+stop is bounded (the proxy's drain timeout), and ``timeout 20 make demo``
+sends two SIGTERMs (one from ``timeout``, one from ``make``) where nobody
+asked for anything but a stop.  It exits 0 when both commands stopped as
+they should, 1 otherwise.  ``--once`` stops right after the fetch (the tests
+use it).
 
 The token is generated here and reaches the two commands in their
 environment, never on their command line.  The process helpers below are
@@ -33,7 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -258,6 +263,40 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _relaySignals(reactor: Any, handler: Callable[[int], None]) -> None:
+    """
+    Call C{handler(number)} in the reactor for every SIGINT and SIGTERM,
+    instead of letting the reactor stop itself on each: it stops once, when
+    the demo's main returns, and a second C{reactor.stop()} (a second signal
+    during the shutdown) would raise C{ReactorNotRunning}.
+
+    Call it once the reactor runs: the reactor installs its own handlers as
+    it starts.  An ignored SIGINT (a background job) stays ignored.
+    """
+
+    def relay(number: int, frame: Any) -> None:
+        # Only hand it over: the handler prints, which is not safe to do
+        # from a signal handler (it may interrupt another print).
+        reactor.callFromThread(handler, number)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, relay)
+
+
+def _ignoreSignals() -> None:
+    """
+    Ignore SIGINT and SIGTERM from now on: for after the stop, when there
+    is nothing left to stop.  Exiting still takes a moment (the
+    interpreter's teardown, a good 0.1 s), and a signal then is no longer
+    handled by Python: it ends the process by that signal, as if the clean
+    stop had been cut short (a late second Ctrl-C).  An ignored signal
+    stays ignored through the teardown.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
 def _childLine(name: str) -> Callable[[str], None]:
     """
     Print a child's log line, labelled, without its timestamp: only our
@@ -280,6 +319,27 @@ def _childLine(name: str) -> Callable[[str], None]:
             _say(f"    [{name}] {match['message']}")
 
     return show
+
+
+def _describeExit(child: TwistdProcess) -> str:
+    """
+    How C{child} ended, for the demo's last line.
+    """
+    if child.transport is None:
+        return f"{child.name} not started"
+    return f"{child.name} exited {child.exitCode}"
+
+
+def _stopStatus(local: TwistdProcess, proxy: TwistdProcess) -> int:
+    """
+    The demo's exit status once it stopped its children: 0 if each stopped
+    as it should, 1 otherwise.  The command exits 0 after a drained stop;
+    twistd exits by the signal it was stopped with, as is its convention;
+    a child never started (a stop during start-up) had nothing to stop.
+    """
+    proxyClean = proxy.transport is None or proxy.exitCode == 0
+    localClean = local.transport is None or local.exitCode in (0, -signal.SIGTERM)
+    return 0 if proxyClean and localClean else 1
 
 
 async def run(reactor: Any, once: bool) -> int:
@@ -327,57 +387,91 @@ async def run(reactor: Any, once: bool) -> int:
         for child in reversed(children):
             if child.transport is not None:  # started
                 await child.terminate()
-        _say(
-            f"Stopped: sprites-proxy exited {children[1].exitCode}, "
-            f"sprites-local exited {children[0].exitCode}."
-        )
+        _say(f"Stopped: {_describeExit(children[1])}, {_describeExit(children[0])}.")
 
     def stopChildren() -> Deferred[Any]:
         if not stopping:
             stopping.append(Deferred.fromCoroutine(stopInOrder()))
         return stopping[0]
 
+    # The signal that asked for the stop, once one did.
+    stopSignal: int | None = None
+    warned = False
+
+    async def demonstrate() -> int:
+        # Start, fetch, show, then forward until a signal cancels this; the
+        # children are stopped by the caller.  Returns the exit status.
+        workdir = os.getcwd()
+        children[0].start(reactor, localArgs, env, workdir)
+        _say(
+            f"Waiting until 127.0.0.1:{localPort} answers "
+            "(the demo checks with an empty connection)."
+        )
+        try:
+            # The proxy starts once the API answers, so that its check of the
+            # sprite before listening finds the server.
+            await waitForPort(reactor, apiPort, children[:1])
+            children[1].start(reactor, proxyArgs, env, workdir)
+            await waitForPort(reactor, localPort, children)
+            response = await fetch(reactor, localPort)
+        except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
+            if stopSignal is not None:
+                # Cancelled by the signal (a cancelled connection attempt
+                # fails with its own error, not CancelledError).
+                raise CancelledError() from e
+            _say(f"\nThe demo failed: {e}")
+            return 1
+
+        _say()
+        _say(f"Fetched http://127.0.0.1:{localPort}/ through the tunnel; the response:")
+        _say()
+        for line in response.decode("utf-8", "replace").splitlines():
+            _say(f"  | {line}")
+        _say()
+        if PAGE not in response:
+            _say("That is not the demo page: something is wrong.")
+            return 1
+        _say("Try it yourself, from another terminal:")
+        _say()
+        _say(f"    curl http://127.0.0.1:{localPort}/")
+        _say()
+        if once:
+            _say("Stopping (--once).")
+        else:
+            _say("Forwarding until Ctrl-C.")
+            await Deferred()  # until a signal cancels it
+        return 0
+
+    def onSignal(number: int) -> None:
+        nonlocal stopSignal, warned
+        name = signal.Signals(number).name
+        if stopSignal is None and not stopping:
+            stopSignal = number
+            _say(f"\n{name}: stopping sprites-proxy, then sprites-local.")
+            demonstrating.cancel()
+        elif not warned:
+            # The stop is under way and bounded (the proxy's drain
+            # timeout); cutting it short would leave the proxy running
+            # after we exit.  Said once, however many signals come.
+            warned = True
+            print(
+                f"{name}: already stopping; waiting for the children.", file=sys.stderr, flush=True
+            )
+
+    # A safety net: were run to fail unexpectedly, react would stop the
+    # reactor, and this stops the children first.
     reactor.addSystemEventTrigger("before", "shutdown", stopChildren)
-    workdir = os.getcwd()
-    children[0].start(reactor, localArgs, env, workdir)
-
-    _say(f"Waiting until 127.0.0.1:{localPort} answers (the demo checks with an empty connection).")
+    demonstrating = Deferred.fromCoroutine(demonstrate())
+    reactor.callWhenRunning(_relaySignals, reactor, onSignal)
     try:
-        # The proxy starts once the API answers, so that its check of the
-        # sprite before listening finds the server.
-        await waitForPort(reactor, apiPort, children[:1])
-        children[1].start(reactor, proxyArgs, env, workdir)
-        await waitForPort(reactor, localPort, children)
-        response = await fetch(reactor, localPort)
-    except Exception as e:  # noqa: BLE001 - reported, then a non-zero exit
-        _say(f"\nThe demo failed: {e}")
-        await stopChildren()
-        return 1
-
-    _say()
-    _say(f"Fetched http://127.0.0.1:{localPort}/ through the tunnel; the response:")
-    _say()
-    for line in response.decode("utf-8", "replace").splitlines():
-        _say(f"  | {line}")
-    _say()
-    if PAGE not in response:
-        _say("That is not the demo page: something is wrong.")
-        await stopChildren()
-        return 1
-    _say("Try it yourself, from another terminal:")
-    _say()
-    _say(f"    curl http://127.0.0.1:{localPort}/")
-    _say()
-    if once:
-        _say("Stopping (--once).")
-    else:
-        _say("Forwarding until Ctrl-C.")
-        await Deferred()  # until Ctrl-C; the shutdown trigger stops the children
+        status = await demonstrating
+    except CancelledError:
+        if stopSignal is None:
+            raise
+        status = 0  # stopped as asked; the children's exits decide
     await stopChildren()
-    # The command exits 0 after a drained stop; twistd exits by the signal
-    # it was stopped with, as is its convention.
-    clean = children[1].exitCode == 0 and children[0].exitCode in (0, -signal.SIGTERM)
-    return 0 if clean else 1
+    _ignoreSignals()
+    return status or _stopStatus(*children)
 
 
 async def _main(reactor: Any, *argv: str) -> None:
