@@ -24,8 +24,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from sprites_twisted.config import checkSpriteName, checkToken, parseAPIURL, proxyPath
-from sprites_twisted.endpoint import DEFAULT_HANDSHAKE_TIMEOUT, apiTransportEndpoint
+from sprites_twisted.config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    checkSpriteName,
+    checkToken,
+    parseAPIURL,
+    proxyPath,
+)
+from sprites_twisted.endpoint import apiTransportEndpoint
 from sprites_twisted.errors import (
     APIUnreachableError,
     SpriteAuthError,

@@ -29,9 +29,14 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sprites_twisted.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_INTERFACE, isLoopbackHost
+from sprites_twisted.config import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_INTERFACE,
+    DEFAULT_LINGER_TIMEOUT,
+    isLoopbackHost,
+)
 from sprites_twisted.interfaces import IProxySession
-from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT, LocalProxyFactory
+from sprites_twisted.listener import LocalProxyFactory
 from sprites_twisted.mapping import PortMapping, formatTarget
 
 __all__ = ["ProxySession", "DEFAULT_DRAIN_TIMEOUT", "DEFAULT_INTERFACE"]

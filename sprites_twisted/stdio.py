@@ -24,8 +24,9 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sprites_twisted.config import DEFAULT_LINGER_TIMEOUT
 from sprites_twisted.interfaces import IResettableTransport
-from sprites_twisted.listener import DEFAULT_LINGER_TIMEOUT, LocalProxyFactory
+from sprites_twisted.listener import LocalProxyFactory
 
 __all__ = ["StdioResult", "connectStdio"]
 
