@@ -7,27 +7,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 LOCK := requirements/lock.txt
 SOURCES := setup.py $(wildcard sprites_twisted/*.py) $(wildcard twisted/plugins/*.py)
-TRIAL = $(1) -m twisted.trial --reporter=text
 
 # Load and subprocess tests: `make e2e`.  Everything else is `make test`,
-# which runs once with the relay's fast path and once without it.  Modules
-# that hold both kinds are split by class.
-E2E_MODULES := tests.test_faults tests.test_commands tests.test_demo tests.test_followcommands
-SPLIT_MODULES := tests.test_cli tests.test_stdio tests.test_integration tests.test_autoforward \
-	tests.test_fastpath
-# Bulk transfers through the relay: run in e2e with and without the fast path.
-E2E_RELAY := tests.test_integration.RelayTests tests.test_integration.FlowControlTests
-E2E := $(E2E_MODULES) $(E2E_RELAY) tests.test_cli.CommandTests tests.test_cli.StdioTests \
-	tests.test_cli.PackagingTests tests.test_stdio.SSHTests tests.test_autoforward.IntegrationTests \
-	tests.test_fastpath.SwitchTests
-UNIT := $(filter-out $(E2E_MODULES) $(SPLIT_MODULES),$(patsubst tests/%.py,tests.%,$(wildcard tests/test_*.py))) \
-	tests.test_cli.OptionsTests tests.test_stdio.ConnectStdioTests tests.test_stdio.FlowControlTests \
-	tests.test_integration.RefusalTests tests.test_integration.SessionLifecycleTests \
-	tests.test_integration.HalfCloseTests tests.test_integration.StreamEndTests \
-	tests.test_integration.SocketOptionTests tests.test_integration.EarlyDataTests \
-	tests.test_autoforward.ForwarderTests tests.test_autoforward.RangeTests \
-	tests.test_autoforward.OptionsTests tests.test_fastpath.FrameTests tests.test_fastpath.SharedOptionsTests \
-	tests.test_fastpath.ClientReceiveTests tests.test_fastpath.ServerReceiveTests
+# which runs once with the relay's fast path and once without it.  Each test
+# class says which suite it belongs to (tests/suites.py: the @e2e and
+# @e2eRelay decorators, or SUITE = E2E for a whole module), and
+# `python -m tests.suites unit e2e` prints the trial names of those suites
+# (e2e includes e2e-relay, the bulk transfers run again without the fast
+# path).  $(call TRIAL,[ENV=VALUE] python,suites) runs them, and fails if
+# the list cannot be made.
+TRIAL = names="$$($(1) -m tests.suites $(2))" && $(1) -m twisted.trial --reporter=text $$names
 
 .PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps check clean plugins venv
 
@@ -49,12 +38,12 @@ $(VENV)/.installed-%: $(VENV)/.created $(SOURCES) $(LOCK)
 venv: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
-	$(call TRIAL,$(PY)) $(UNIT)
-	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,$(PY)) $(UNIT)
+	$(call TRIAL,$(PY),unit)
+	$(call TRIAL,SPRITES_TWISTED_FASTPATH=0 $(PY),unit)
 
 e2e: $(VENV)/.installed-test
-	$(call TRIAL,$(PY)) $(E2E)
-	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,$(PY)) $(E2E_RELAY)
+	$(call TRIAL,$(PY),e2e)
+	$(call TRIAL,SPRITES_TWISTED_FASTPATH=0 $(PY),e2e-relay)
 
 # The newest release of every dependency, in a virtualenv of its own: how we
 # learn of the next upstream change before users do.
@@ -64,8 +53,8 @@ test-newest:
 	.venv-newest/bin/python -m pip --disable-pip-version-check -q install --upgrade pip setuptools wheel
 	.venv-newest/bin/python -m pip --disable-pip-version-check -q install --upgrade --upgrade-strategy eager '.[test]'
 	.venv-newest/bin/python -m pip --disable-pip-version-check freeze --exclude-editable | grep -iE '^(twisted|autobahn|txaio|zope.interface|service.identity|pyopenssl|cryptography)=='
-	$(call TRIAL,.venv-newest/bin/python) $(UNIT) $(E2E)
-	SPRITES_TWISTED_FASTPATH=0 $(call TRIAL,.venv-newest/bin/python) $(UNIT) $(E2E_RELAY)
+	$(call TRIAL,.venv-newest/bin/python,unit e2e)
+	$(call TRIAL,SPRITES_TWISTED_FASTPATH=0 .venv-newest/bin/python,unit e2e-relay)
 
 # Refresh the lock from the newest releases (run make check e2e after it).
 lock:

@@ -41,6 +41,7 @@ from sprites_twisted.portwatch import IPortObserver, IPortWatcher, ListeningPort
 from sprites_twisted.server import LocalSpriteServer
 from sprites_twisted.socks import SOCKSService
 from tests.helpers import LocalClient
+from tests.suites import e2e
 
 reactor: Any = globalReactor
 TOKEN = "auto-token-0b7d"
@@ -531,6 +532,7 @@ async def fetch(host: str, port: int) -> bytes:
     return bytes(local.received).partition(b"\r\n\r\n")[2]
 
 
+@e2e
 class IntegrationTests(TestCase):
     """
     The forwarder and the local sprite server, whose watch scans this

@@ -37,6 +37,7 @@ from sprites_twisted import cli
 from sprites_twisted.demo import TwistdProcess, freePort
 from sprites_twisted.server import LocalSpriteServer
 from tests.helpers import Echo, LocalClient, listen
+from tests.suites import e2e
 from tests.test_check import FakeAPI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,6 +163,7 @@ class OptionsTests(SynchronousTestCase):
         )
 
 
+@e2e
 class CommandTests(TestCase):
     """
     ``python -m sprites_twisted`` as a process.
@@ -370,6 +372,7 @@ class CommandTests(TestCase):
         self.assertEqual(client.received, b"ping")
 
 
+@e2e
 class StdioTests(TestCase):
     """
     ``sprites-proxy -W``: stdin and stdout through one tunnel.
@@ -433,6 +436,7 @@ class StdioTests(TestCase):
         self.assertNotIn(b"not-the-token-1", err)
 
 
+@e2e
 class PackagingTests(TestCase):
     """
     The installed distribution (``make test`` installs it first): the

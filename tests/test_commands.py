@@ -22,6 +22,10 @@ from twisted.trial.unittest import TestCase
 
 from sprites_twisted.demo import TwistdProcess, freePort
 from tests.helpers import Echo
+from tests.suites import E2E
+
+# Subprocess and load tests: make e2e.
+SUITE = E2E
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "e2e-test-token-5ce7b1f0"

@@ -21,6 +21,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from sprites_twisted import demo
+from tests.suites import E2E
+
+# Subprocess and load tests: make e2e.
+SUITE = E2E
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 reactor: Any = _globalReactor

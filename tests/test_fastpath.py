@@ -33,6 +33,7 @@ from sprites_twisted.testing import (
     MemorySprite,
 )
 from tests import wsfake
+from tests.suites import e2e
 
 
 def reference(payload: bytes, mask: bytes) -> bytes:
@@ -333,6 +334,7 @@ class ServerReceiveTests(SynchronousTestCase):
             self.assertEqual(Sink.received, b"".join(payloads), largest)
 
 
+@e2e
 class SwitchTests(SynchronousTestCase):
     """
     The fast path has one switch, and is off (both ways) where Autobahn

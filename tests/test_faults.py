@@ -35,6 +35,10 @@ from tests.helpers import (
     reactorRunning,
     roundTrip,
 )
+from tests.suites import E2E
+
+# Subprocess and load tests: make e2e.
+SUITE = E2E
 
 reactor: Any = _globalReactor
 

@@ -20,7 +20,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from tests.suites import E2E
 from tests.test_autoforward import fetch, freePort, startDevServer
+
+# Subprocess and load tests: make e2e.
+SUITE = E2E
 
 reactor: Any = globalReactor
 TOKEN = "e2e-follow-token-4f21"

@@ -41,6 +41,7 @@ from sprites_twisted.pipe import resetAfterFlush
 from sprites_twisted.server import LocalSpriteServer
 from tests import wsfake
 from tests.helpers import LogCapture, SplitReactor, roundTrip
+from tests.suites import e2eRelay
 
 TOKEN = "integration-token-5f2e"
 reactor: Any = globalReactor
@@ -241,6 +242,7 @@ class Harness:
             await self.targetFactory.allLost()
 
 
+@e2eRelay
 class RelayTests(TestCase):
     """
     Data through real tunnels.
@@ -296,6 +298,7 @@ class RelayTests(TestCase):
         self.assertEqual(len(h.targetFactory.instances), 100)
 
 
+@e2eRelay
 class FlowControlTests(TestCase):
     """
     A slow reader on either end pauses the other end, through the whole

@@ -35,6 +35,7 @@ from sprites_twisted.errors import SpriteAuthError
 from sprites_twisted.server import LocalSpriteServer
 from sprites_twisted.stdio import connectStdio
 from tests.helpers import Echo, listen
+from tests.suites import e2e
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "stdio-test-token-93be21"
@@ -61,6 +62,7 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[bytes
     )
 
 
+@e2e
 class SSHTests(TestCase):
     """
     ssh through ``sprites-proxy -W`` to an SSH server "inside the sprite".
