@@ -39,6 +39,7 @@ from sprites_twisted.config import (
 )
 from sprites_twisted.endpoint import SpriteProxyEndpoint
 from sprites_twisted.errors import AddressError, ConfigurationError, MappingError
+from sprites_twisted.keepalive import Keepalive
 from sprites_twisted.mapping import PortMapping, parseAddress
 from sprites_twisted.session import ProxySession
 from sprites_twisted.warm import WarmPool
@@ -146,7 +147,9 @@ class SpritesClient:
         self._trustRoot = trustRoot
         self._allowInsecure = allowInsecure
         self._transportEndpoint = transportEndpoint
-        self.keepaliveInterval = keepaliveInterval
+        #: Pings every open tunnel of this client's endpoints, on one
+        #: reactor timer.
+        self.keepalive = Keepalive(reactor, keepaliveInterval)
         if isinstance(prewarm, bool) or not isinstance(prewarm, int) or prewarm < 0:
             raise ConfigurationError(f"prewarm {prewarm!r}: expected a whole number, 0 or more")
         self.prewarm = prewarm
@@ -157,6 +160,13 @@ class SpritesClient:
 
     def __repr__(self) -> str:
         return f"<SpritesClient {self.baseURL}>"
+
+    @property
+    def keepaliveInterval(self) -> float:
+        """
+        Seconds between pings on each open tunnel (0: none).
+        """
+        return self.keepalive.interval
 
     def sprite(self, spriteName: str) -> Sprite:
         """
@@ -193,7 +203,7 @@ class SpritesClient:
                 timeout=self.handshakeTimeout,
                 trustRoot=self._trustRoot,
                 allowInsecure=self._allowInsecure,
-                keepaliveInterval=self.keepaliveInterval,
+                keepalive=self.keepalive,
                 pool=self._pool(spriteName),
                 earlyData=self.earlyData,
             )

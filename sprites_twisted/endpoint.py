@@ -31,6 +31,7 @@ from sprites_twisted.config import (
     proxyPath,
 )
 from sprites_twisted.errors import APIUnreachableError, HandshakeError, TunnelTimeoutError
+from sprites_twisted.keepalive import Keepalive
 from sprites_twisted.mapping import checkHost, checkPort, formatTarget
 from sprites_twisted.tls import (
     ResumingClientTLS,
@@ -78,6 +79,10 @@ class SpriteProxyEndpoint:
     :param keepaliveInterval: seconds between WebSocket pings on an open
         tunnel; it is dead (its stream ends as broken) after three intervals
         without a pong.  0 turns pings off.
+    :param keepalive: the L{Keepalive} that pings this endpoint's tunnels,
+        shared by a client's endpoints (L{sprites_twisted.client}); by
+        default one of its own, with C{keepaliveInterval}, which is ignored
+        when C{keepalive} is given.
     """
 
     log = Logger()
@@ -97,6 +102,7 @@ class SpriteProxyEndpoint:
         allowInsecure: bool = False,
         closeTimeout: float = DEFAULT_CLOSE_TIMEOUT,
         keepaliveInterval: float = DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive: Keepalive | None = None,
         pool: WarmPool | None = None,
         earlyData: bool = False,
     ) -> None:
@@ -113,7 +119,10 @@ class SpriteProxyEndpoint:
         self.apiURL = apiURL
         self._timeout = timeout
         self._closeTimeout = closeTimeout
-        self._keepaliveInterval = keepaliveInterval
+        #: Pings every open tunnel of this endpoint, on one reactor timer.
+        self.keepalive = (
+            keepalive if keepalive is not None else Keepalive(reactor, keepaliveInterval)
+        )
         self._trustRoot = trustRoot
         self._tlsSessions: ResumingClientTLS | None = None
         if transportEndpoint is None:
@@ -168,7 +177,7 @@ class SpriteProxyEndpoint:
         Start upgrading a new tunnel to this endpoint's sprite, claimed by
         nobody yet (the warm pool's spares, and every cold connect).
         """
-        tunnel = Tunnel(self._reactor, self._api.host, self._closeTimeout, self._keepaliveInterval)
+        tunnel = Tunnel(self._reactor, self._api.host, self._closeTimeout, self.keepalive)
         tunnel.tlsSessions = self._tlsSessions
         tcp = self._transportEndpoint.connect(AttemptFactory(self._wsFactory, tunnel))
         tunnel.tcpConnecting = tcp

@@ -333,7 +333,6 @@ class PortWatcher:
         self.initialDelay = initialDelay
         self.maxDelay = maxDelay
         self.connectTimeout = connectTimeout
-        self.pingInterval = pingInterval
         self._jitter = jitter
         self.state = State.IDLE
         self.ports: dict[tuple[int, str], ListeningPort] = {}
@@ -341,11 +340,18 @@ class PortWatcher:
         self._proto: WatchClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
-        self._keepalive: Keepalive | None = None
+        self._keepalive = Keepalive(reactor, pingInterval)
         self._synced: list[Deferred[None]] = []
         self._gone: list[Deferred[None]] = []
         self._lastProblem: str | None = None
         self._tlsProblem: str | None = None
+
+    @property
+    def pingInterval(self) -> float:
+        """
+        Seconds between pings on the watch connection (0: none).
+        """
+        return self._keepalive.interval
 
     def __repr__(self) -> str:
         return f"<PortWatcher {self.spriteName} via {self._api.describe()} ({self.state.value})>"
@@ -479,8 +485,7 @@ class PortWatcher:
             return
         self._cancelTimers()
         self.state = State.LISTING
-        self._keepalive = Keepalive(self._reactor, self.pingInterval, proto.sendPing, self._dead)
-        self._keepalive.start()
+        self._keepalive.start(self)
 
     def messageReceived(self, payload: bytes, isBinary: bool) -> None:
         """
@@ -528,8 +533,7 @@ class PortWatcher:
         """
         A pong (or any frame): the path is alive.
         """
-        if self._keepalive is not None:
-            self._keepalive.pong()
+        self._keepalive.pong(self)
 
     def wsClosed(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """
@@ -611,9 +615,18 @@ class PortWatcher:
 
     # Liveness and timers
 
-    def _dead(self, why: str) -> None:
+    def sendPing(self) -> None:
         """
-        The keepalive gave up: drop the connection (which reconnects).
+        The keepalive's ping (L{sprites_twisted.keepalive.Pinged}).
+        """
+        proto = self._proto
+        if proto is not None:
+            proto.sendPing()
+
+    def keepaliveDead(self, why: str) -> None:
+        """
+        The keepalive gave up (L{sprites_twisted.keepalive.Pinged}): drop
+        the connection (which reconnects).
         """
         self.log.warn(
             "port watch of {sprite}: {why}; reconnecting", sprite=self.spriteName, why=why
@@ -633,9 +646,7 @@ class PortWatcher:
         call, self._timer = self._timer, None
         if call is not None and call.active():
             call.cancel()
-        keepalive, self._keepalive = self._keepalive, None
-        if keepalive is not None:
-            keepalive.stop()
+        self._keepalive.stop(self)
 
 
 def _quietLogger() -> Any:

@@ -154,7 +154,7 @@ class Tunnel:
         clock: IReactorTime,
         apiHost: str,
         closeTimeout: float,
-        keepaliveInterval: float = 0.0,
+        keepalive: Keepalive | None = None,
     ) -> None:
         self.clock = clock
         self.apiHost = apiHost
@@ -185,7 +185,7 @@ class Tunnel:
         #: open (L{sprites_twisted.tls.ResumingClientTLS}); set by the endpoint.
         self.tlsSessions: Any = None
         self._failure: Failure | None = None
-        self._keepalive = Keepalive(clock, keepaliveInterval, self._ping, self._dead)
+        self._keepalive = keepalive
 
     def claim(
         self,
@@ -284,7 +284,8 @@ class Tunnel:
             self.fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
 
     def pong(self) -> None:
-        self._keepalive.pong()
+        if self._keepalive is not None:
+            self._keepalive.pong(self)
 
     def tlsFailed(self, reason: Failure) -> None:
         """
@@ -310,7 +311,8 @@ class Tunnel:
         The WebSocket is gone.
         """
         state, self.state = self.state, CLOSED
-        self._keepalive.stop()
+        if self._keepalive is not None:
+            self._keepalive.stop(self)
         if self.early is not None:
             self.early.detach()
         if state == RELAYING:
@@ -402,7 +404,8 @@ class Tunnel:
         # From here on binary payload goes straight to the protocol.
         channel.binaryData = app.dataReceived  # type: ignore[method-assign]
         stream.attach(app)
-        self._keepalive.start()
+        if self._keepalive is not None:
+            self._keepalive.start(self)
         self.deferred.callback(app)
 
     def _report(self, failure: Failure) -> None:
@@ -424,11 +427,18 @@ class Tunnel:
             return Failure(TunnelClosedError(code, reason or "closed before the handshake reply"))
         return Failure(TunnelClosedError(code, "connection dropped before the handshake reply"))
 
-    def _ping(self) -> None:
+    def sendPing(self) -> None:
+        """
+        The keepalive's ping (L{sprites_twisted.keepalive.Pinged}).
+        """
         if self.channel is not None and self.channel.isOpen():
             self.channel.sendPing()
 
-    def _dead(self, why: str) -> None:
+    def keepaliveDead(self, why: str) -> None:
+        """
+        No pong for too long (L{sprites_twisted.keepalive.Pinged}): the
+        stream ends as broken.
+        """
         self.fail(ConnectionLost(f"tunnel to {self.peerAddress} is dead: {why}"))
 
 

@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted import PortMapping, ProxySession, SpritesClient
+from sprites_twisted.endpoint import SpriteProxyEndpoint
 from sprites_twisted.errors import (
     AddressError,
     ConfigurationError,
@@ -202,6 +203,22 @@ class ClientTests(SynchronousTestCase):
             client.endpoint("demo", port)
         self.assertLessEqual(len(client._endpoints), 64)
         self.assertIsNot(client.endpoint("demo", 22), first)
+
+    def test_oneKeepalive(self) -> None:
+        """
+        Every endpoint of a client pings its tunnels on the client's one
+        keepalive, with the client's interval; an endpoint made on its own
+        has its own.
+        """
+        client = MemorySprite().client(keepaliveInterval=7.0)
+        endpoints = [client.endpoint("demo", 22), client.endpoint("other", 5432, "db")]
+        self.assertEqual({id(e.keepalive) for e in endpoints}, {id(client.keepalive)})
+        self.assertEqual(client.keepalive.interval, 7.0)
+        alone = SpriteProxyEndpoint(
+            MemoryReactorClock(), "demo", 22, token=TEST_TOKEN, keepaliveInterval=3.0
+        )
+        self.assertEqual(alone.keepalive.interval, 3.0)
+        self.assertIsNot(alone.keepalive, client.keepalive)
 
     def test_insecureURLWarns(self) -> None:
         """

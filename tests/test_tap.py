@@ -466,7 +466,7 @@ class MakeServiceTests(SynchronousTestCase):
         manager = self.make(["-s", "db", "--linger", "0.5", "--keepalive", "3", "8080:80"])
         session = list(manager)[0]
         self.assertEqual(session.factory.lingerTimeout, 0.5)
-        self.assertEqual(session.factory.endpoint._keepaliveInterval, 3.0)
+        self.assertEqual(session.factory.endpoint.keepalive.interval, 3.0)
         self.assertEqual(session.check, None)
 
     def test_warmAndEarlyOptions(self) -> None:

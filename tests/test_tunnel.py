@@ -29,6 +29,7 @@ from sprites_twisted.errors import (
     TunnelTimeoutError,
     UpgradeRefusedError,
 )
+from sprites_twisted.keepalive import Keepalive
 from sprites_twisted.testing import (
     TEST_API_URL,
     TEST_TOKEN,
@@ -500,7 +501,7 @@ class TunnelStateTests(SynchronousTestCase):
         self.clock = Clock()
         self.result: Deferred[Any] = Deferred()
         self.channel = FakeChannel()
-        self.tunnel = Tunnel(self.clock, "api.example", 1.0, keepaliveInterval=15.0)
+        self.tunnel = Tunnel(self.clock, "api.example", 1.0, Keepalive(self.clock, 15.0))
         self.tunnel.channel = self.channel  # type: ignore[assignment]
         self.tunnel.claim(
             self.result,
