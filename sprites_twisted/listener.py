@@ -219,11 +219,6 @@ class LocalProxyProtocol(Pipe):
             return
         self.state = LINGERING
         self._lingerStarted = self.factory.clock.seconds()
-        self.log.debug(
-            "{peer} shut down writing; waiting up to {linger:g} s for more of the reply",
-            linger=self.factory.lingerTimeout,
-            **self._where(),
-        )
         self._linger = self.factory.clock.callLater(self.factory.lingerTimeout, self._lingerDone)
 
     def writeConnectionLost(self) -> None:
@@ -243,11 +238,6 @@ class LocalProxyProtocol(Pipe):
         self._linger = None
         if self.state != LINGERING:
             return
-        self.log.debug(
-            "{peer}: no more of the reply for {linger:g} s; closing",
-            linger=self.factory.lingerTimeout,
-            **self._where(),
-        )
         self._lingerExpired = True
         self.transport.loseConnection()
 
@@ -288,16 +278,25 @@ class LocalProxyProtocol(Pipe):
                     **counts,
                     **self._where(),
                 )
+            elif self._lingerExpired and self._lingerStarted is not None:
+                # A linger that ran out (no more of a reply after a
+                # half-close) is not part of the connection's duration; it
+                # is told in the same line, so that a connection costs one
+                # log event.
+                self.log.info(
+                    "connection from {peer} to {sprite} {target} ended: "
+                    "{sent} bytes sent, {received} bytes received, {duration:.3f} s, "
+                    "then closed after {linger:g} s without more of the reply",
+                    duration=self._lingerStarted - self._started,
+                    linger=self.factory.lingerTimeout,
+                    **counts,
+                    **self._where(),
+                )
             else:
-                # A linger (waiting for more of a reply after a half-close)
-                # is not part of the connection's duration.
-                end = self.factory.clock.seconds()
-                if self._lingerExpired and self._lingerStarted is not None:
-                    end = self._lingerStarted
                 self.log.info(
                     "connection from {peer} to {sprite} {target} ended: "
                     "{sent} bytes sent, {received} bytes received, {duration:.3f} s",
-                    duration=end - self._started,
+                    duration=self.factory.clock.seconds() - self._started,
                     **counts,
                     **self._where(),
                 )

@@ -14,6 +14,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -231,24 +232,49 @@ class ListenerTests(SynchronousTestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(proto.state, "done")
 
-    def test_lingerLoggedAtDebugOnly(self) -> None:
+    def test_lingerInEndLine(self) -> None:
         """
-        The linger after a half-close is logged at debug level, and the
-        connection's logged duration does not include it.
+        A linger that runs out after a half-close is told in the
+        connection's one end line, at info level, and not counted in its
+        duration; nothing else is logged for the connection.
         """
         proto, local = self.accept()
         tunnel, remote = self.endpoint.succeed()
         self.clock.advance(0.25)
         proto.readConnectionLost()
-        self.clock.advance(2.0)
+        self.clock.advance(1.0)
+        proto.replyArrived()
+        self.clock.advance(1.9)
+        self.assertFalse(local.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(local.disconnecting)
         proto.connectionLost(Failure(ConnectionDone()))
         tunnel.connectionLost(Failure(ConnectionDone()))
-        lingering = [e for e in self.events if "waiting up to" in e.get("log_format", "")]
-        self.assertEqual([e["log_level"].name for e in lingering], ["debug"])
-        ended = [e for e in self.events if "ended" in e.get("log_format", "")]
-        self.assertEqual(len(ended), 1)
-        self.assertEqual(ended[0]["log_level"].name, "info")
-        self.assertAlmostEqual(ended[0]["duration"], 0.25)
+        self.assertEqual(len(self.events), 1)
+        [ended] = self.events
+        self.assertEqual(ended["log_level"].name, "info")
+        self.assertAlmostEqual(ended["duration"], 0.25)
+        self.assertEqual(ended["linger"], 2.0)
+        self.assertIn(
+            "0.250 s, then closed after 2 s without more of the reply", formatEvent(ended)
+        )
+
+    def test_lingerEndedBySprite(self) -> None:
+        """
+        A sprite that closes during the linger ends the connection with the
+        plain end line, its duration counted to the end.
+        """
+        proto, local = self.accept()
+        tunnel, remote = self.endpoint.succeed()
+        self.clock.advance(0.25)
+        proto.readConnectionLost()
+        self.clock.advance(0.5)
+        tunnel.connectionLost(Failure(ConnectionDone()))
+        proto.connectionLost(Failure(ConnectionDone()))
+        [ended] = self.events
+        self.assertNotIn("linger", ended)
+        self.assertAlmostEqual(ended["duration"], 0.75)
+        self.assertTrue(formatEvent(ended).endswith("0.750 s"), formatEvent(ended))
 
     def test_localCloseClosesTunnel(self) -> None:
         """
