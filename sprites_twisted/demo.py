@@ -19,7 +19,9 @@ further signal while they stop is ignored, with one line on stderr: the
 stop is bounded (the proxy's drain timeout), and ``timeout 20 make demo``
 sends two SIGTERMs (one from ``timeout``, one from ``make``) where nobody
 asked for anything but a stop.  It exits 0 when both commands stopped as
-they should, 1 otherwise.  ``--once`` stops right after the fetch (the tests
+they should, 1 otherwise; nothing starts before the reactor runs, and a
+Ctrl-C before then (while Twisted is still starting) exits 130 with one
+line.  ``--once`` stops right after the fetch (the tests
 use it).
 
 The token is generated here and reaches the two commands in their
@@ -401,6 +403,11 @@ async def run(reactor: Any, once: bool) -> int:
     async def demonstrate() -> int:
         # Start, fetch, show, then forward until a signal cancels this; the
         # children are stopped by the caller.  Returns the exit status.
+        # Nothing starts before the reactor runs and our signal handlers
+        # are in place: a Ctrl-C before then has nothing to stop (main).
+        running: Deferred[None] = Deferred()
+        reactor.callWhenRunning(running.callback, None)
+        await running
         workdir = os.getcwd()
         children[0].start(reactor, localArgs, env, workdir)
         _say(
@@ -461,8 +468,9 @@ async def run(reactor: Any, once: bool) -> int:
     # A safety net: were run to fail unexpectedly, react would stop the
     # reactor, and this stops the children first.
     reactor.addSystemEventTrigger("before", "shutdown", stopChildren)
-    demonstrating = Deferred.fromCoroutine(demonstrate())
+    # Our handlers first, then the children (callWhenRunning keeps order).
     reactor.callWhenRunning(_relaySignals, reactor, onSignal)
+    demonstrating = Deferred.fromCoroutine(demonstrate())
     try:
         status = await demonstrating
     except CancelledError:
@@ -478,7 +486,12 @@ async def _main(reactor: Any, *argv: str) -> None:
     unknown = [a for a in argv if a != "--once"]
     if unknown:
         raise SystemExit(f"usage: python -m sprites_twisted.demo [--once]; unknown {unknown[0]!r}")
-    status = await run(reactor, once="--once" in argv)
+    try:
+        status = await run(reactor, once="--once" in argv)
+    except KeyboardInterrupt:
+        # Only possible before the reactor runs (then the handlers are
+        # Twisted's and ours), when nothing is started yet.
+        raise _interrupted() from None
     if status:
         raise SystemExit(status)
 
@@ -487,7 +500,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     Run the demo (``python -m sprites_twisted.demo [--once]``).
     """
-    react(_main, list(sys.argv[1:] if argv is None else argv))
+    try:
+        react(_main, list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+
+
+def _interrupted() -> SystemExit:
+    """
+    A Ctrl-C while Twisted was still starting, before the reactor ran and
+    the demo's own handlers took over: nothing was started yet.  One line
+    instead of a traceback, and 130, as a shell reports an interrupted
+    command.
+    """
+    print("Interrupted before the demo started; nothing to stop.", file=sys.stderr, flush=True)
+    return SystemExit(130)
 
 
 if __name__ == "__main__":

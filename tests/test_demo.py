@@ -15,7 +15,7 @@ from twisted.internet import reactor as _globalReactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -56,6 +56,20 @@ class DemoProcess(demo.TwistdProcess):
     def errReceived(self, data: bytes) -> None:
         self.err += data
         self.outReceived(data)
+
+
+class SpawnRecordingReactor(MemoryReactorClock):
+    """
+    A memory reactor that records the argv of each process it is asked to
+    spawn (and spawns nothing).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[list[str]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> None:
+        self.spawned.append(list(args))
 
 
 class KeptAlive(Protocol):
@@ -201,6 +215,60 @@ class DemoPieceTests(SynchronousTestCase):
             proxy.exitCode = code
             self.assertEqual(demo._stopStatus(local, proxy), status, code)
         self.assertEqual(demo._describeExit(proxy), "sprites-proxy exited -15")
+
+    def test_interruptBeforeReactor(self) -> None:
+        """
+        A Ctrl-C before the reactor runs is one line on stderr and exit
+        130, not a traceback.
+        """
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+
+        def interrupted(main: Any, argv: Any) -> None:
+            raise KeyboardInterrupt()
+
+        self.patch(demo, "react", interrupted)
+        exited = self.assertRaises(SystemExit, demo.main, [])
+        self.assertEqual(exited.code, 130)
+        self.assertEqual(err.getvalue(), "Interrupted before the demo started; nothing to stop.\n")
+
+    def test_interruptInMain(self) -> None:
+        """
+        A Ctrl-C while the demo's main sets up (before the reactor runs,
+        say in a lazy import) is the same one line and exit 130, through
+        C{react}'s C{SystemExit}, not a logged failure.
+        """
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+
+        async def interrupted(reactor: Any, once: bool) -> int:
+            raise KeyboardInterrupt()
+
+        self.patch(demo, "run", interrupted)
+        failure = self.failureResultOf(Deferred.fromCoroutine(demo._main(None)), SystemExit)
+        self.assertEqual(failure.value.code, 130)
+        self.assertEqual(err.getvalue(), "Interrupted before the demo started; nothing to stop.\n")
+
+    def test_nothingStartsBeforeReactor(self) -> None:
+        """
+        The demo spawns sprites-local only once the reactor runs, after its
+        signal handlers are in place; so before that a Ctrl-C leaves
+        nothing behind.
+        """
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        self.patch(sys, "stdout", io.StringIO())
+        reactor = SpawnRecordingReactor()
+        running = Deferred.fromCoroutine(demo.run(reactor, once=True))
+        self.assertNoResult(running)
+        self.assertEqual(reactor.spawned, [])
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+        reactor.run()
+        self.assertEqual([argv[-3] for argv in reactor.spawned], ["sprites-local"])
+        self.assertIsNot(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+        running.cancel()
+        self.assertTrue(running.called)
+        running.addBoth(lambda _: None)
 
     def test_ignoreSignals(self) -> None:
         """
