@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
+from twisted.python.systemd import ListenFDs
 
 from sprites_twisted.config import TOKEN_VARIABLES, checkToken, readTokenFile
 from sprites_twisted.errors import ConfigurationError
@@ -58,7 +59,17 @@ def checkServerEndpoint(option: str, description: str) -> str:
     try:
         serverFromString(_ParseOnly(), description)
     except Exception as e:  # noqa: BLE001 - any parse error is a usage error
-        raise usage.UsageError(f"{option} {description!r}: {e}; {hint}") from None
+        problem = str(e)
+        if description.split(":", 1)[0].lower() == "systemd":
+            # Twisted says only "list index out of range" (or a bare name).
+            if isinstance(e, (IndexError, KeyError)):
+                problem = "no such socket was passed to this process"
+            count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
+            hint = (
+                f"systemd's socket activation passed {count} socket(s) here "
+                "(it sets LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES)"
+            )
+        raise usage.UsageError(f"{option} {description!r}: {problem}; {hint}") from None
     match = _PORT_FIRST.match(description) or (
         description.split(":", 1)[0].lower() in ("tcp", "tcp6", "ssl")
         and _PORT_OPTION.search(description)

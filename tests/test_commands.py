@@ -9,6 +9,7 @@ connection (a bounded number of times), never by sleeping.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.internet import reactor as _globalReactor
@@ -218,3 +219,71 @@ class CommandsTests(TestCase):
         self.assertIn(b"--listen 'tcp:99999': port 99999 is outside 0..65535", out + err)
         self.assertNotIn(b"Traceback", out + err)
         self.assertNotIn(b"OverflowError", out + err)
+
+    async def test_systemdSocketActivation(self) -> None:
+        """
+        ``--listen systemd:domain=INET:index=0`` forwards connections on a
+        listening socket the service manager passed in (fd 3, with
+        C{LISTEN_FDS} and C{LISTEN_PID}), as systemd's socket activation
+        does; SIGTERM stops it as usual.
+        """
+        echoPort = await self.echoServer()
+        apiPort = freePort()
+        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
+        local = startTwistd(
+            self,
+            "sprites-local",
+            ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
+            env,
+        )
+        await local.whenOutput(f"APISite starting on {apiPort}")
+
+        # What systemd hands over: a bound, listening socket as fd 3.
+        activated = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(activated.close)
+        activated.bind(("127.0.0.1", 0))
+        activated.listen(8)
+        activatedPort = activated.getsockname()[1]
+
+        proxy = TwistdProcess("sprites-proxy")
+        argv = TwistdProcess.commandLine(
+            [
+                "sprites-proxy",
+                "-s",
+                "demo",
+                "--listen",
+                "systemd:domain=INET:index=0",
+                "--to",
+                str(echoPort),
+            ]
+        )
+        # LISTEN_PID must be the process that reads it: set it just before
+        # the exec, as systemd does.
+        launcher = (
+            "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.executable, sys.argv[1:])"
+        )
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        reactor.spawnProcess(
+            proxy,
+            argv[0],
+            [argv[0], "-c", launcher, *argv],
+            env=dict(env, LISTEN_FDS="1", LISTEN_FDNAMES="sprites-proxy.socket"),
+            path=cwd,
+            childFDs={0: "w", 1: "r", 2: "r", 3: activated.fileno()},
+        )
+        self.addCleanup(proxy.terminate)
+        await proxy.whenOutput(f"-> demo localhost:{echoPort}")
+
+        client = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", activatedPort), Collector()
+        )
+        assert client.transport is not None
+        client.transport.write(b"activated")
+        self.assertEqual(await client.receive(9).addTimeout(5, reactor), b"activated")
+        client.transport.loseConnection()
+        await client.closed.addTimeout(5, reactor)
+        self.assertEqual(await proxy.terminate(), -15, proxy.output.decode())
+        self.assertIn(f"to demo localhost:{echoPort} ended", proxy.output.decode())
+        self.assertNotIn(b"Traceback", proxy.output)

@@ -142,6 +142,21 @@ class CheckServerEndpointTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--listen", "bogus:1")
         self.assertIn("--listen 'bogus:1'", str(error))
 
+    def test_systemdWithoutSocket(self) -> None:
+        """
+        A ``systemd:`` string in a process that systemd passed no socket
+        says so, and how socket activation passes them, instead of
+        Twisted's bare "list index out of range".
+        """
+        text = "systemd:domain=INET:index=0"
+        error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--listen", text)
+        self.assertEqual(
+            str(error),
+            f"--listen {text!r}: no such socket was passed to this process; "
+            "systemd's socket activation passed 0 socket(s) here "
+            "(it sets LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES)",
+        )
+
 
 class PlainServicesTests(SynchronousTestCase):
     """
