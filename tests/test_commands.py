@@ -112,6 +112,20 @@ class CommandsTests(TestCase):
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
+    def startLocal(self, apiPort: int) -> tuple[dict[str, str], TwistdProcess]:
+        """
+        Start ``twistd sprites-local`` on C{apiPort}: the environment for
+        commands using it, and its process.
+        """
+        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
+        local = startTwistd(
+            self,
+            "sprites-local",
+            ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
+            env,
+        )
+        return env, local
+
     async def test_forwardAndStop(self) -> None:
         """
         Bytes go through sprites-proxy and sprites-local to a local service;
@@ -122,13 +136,7 @@ class CommandsTests(TestCase):
         """
         echoPort = await self.echoServer()
         apiPort, localPort, deadLocal, deadPort = freePort(), freePort(), freePort(), freePort()
-        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
-        local = startTwistd(
-            self,
-            "sprites-local",
-            ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
-            env,
-        )
+        env, local = self.startLocal(apiPort)
         proxy = startTwistd(
             self,
             "sprites-proxy",
@@ -229,13 +237,7 @@ class CommandsTests(TestCase):
         """
         echoPort = await self.echoServer()
         apiPort = freePort()
-        env = childEnvironment(SPRITE_TOKEN=TOKEN, SPRITES_API_URL=f"http://127.0.0.1:{apiPort}")
-        local = startTwistd(
-            self,
-            "sprites-local",
-            ["sprites-local", "--listen", f"tcp:{apiPort}:interface=127.0.0.1"],
-            env,
-        )
+        env, local = self.startLocal(apiPort)
         await local.whenOutput(f"APISite starting on {apiPort}")
 
         # What systemd hands over: a bound, listening socket as fd 3.
