@@ -32,7 +32,12 @@ from sprites_twisted import _fastpath
 from sprites_twisted.config import USER_AGENT
 from sprites_twisted.errors import HandshakeError, TunnelClosedError
 from sprites_twisted.keepalive import Keepalive
-from sprites_twisted.refusal import ResponseHead, parseResponseHead, refusalError
+from sprites_twisted.refusal import (
+    MAX_RESPONSE_HEADER,
+    ResponseHead,
+    parseResponseHead,
+    refusalError,
+)
 from sprites_twisted.tls import isTLSFailure, tlsFailure
 from sprites_twisted.wire import MAX_REPLY_SIZE, parseReply
 from sprites_twisted.wsstream import (
@@ -469,6 +474,13 @@ class _TunnelClientProtocol(ChannelMixin, WebSocketClientProtocol):  # type: ign
             return
         response = self._response + data
         if self._head is None:
+            if response[:12] == b"HTTP/1.1 101" and response[12:13] in (b" ", b"\r"):
+                if response.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEADER + 4) >= 0:
+                    # The usual answer, whole: Autobahn reads and validates
+                    # it; reading it here too would cost each tunnel.
+                    self._response = None
+                    self.webSocketDataReceived(response)
+                    return
             try:
                 head = parseResponseHead(response)
             except ValueError as e:

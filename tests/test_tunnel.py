@@ -30,6 +30,7 @@ from sprites_twisted.errors import (
     UpgradeRefusedError,
 )
 from sprites_twisted.keepalive import Keepalive
+from sprites_twisted.refusal import MAX_RESPONSE_HEADER
 from sprites_twisted.testing import (
     TEST_API_URL,
     TEST_TOKEN,
@@ -418,6 +419,43 @@ class ScriptedServerTests(SynchronousTestCase):
             error = self.failureResultOf(d, errorType).value
             self.assertIn(text, str(error))
             self.assertLess(len(str(error)), 500)
+
+    def test_upgradeAnswers(self) -> None:
+        """
+        A 101 is still validated by Autobahn (a wrong accept key fails the
+        tunnel), a 101 head over the size limit fails, and a 101 that
+        arrives in pieces upgrades.
+        """
+        wrong = wsfake.respondHTTP(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n"
+        )
+        error = self.failureResultOf(self.connect(wrong), TunnelClosedError).value
+        self.assertIn("Sec-WebSocket-Accept bogus value", str(error))
+
+        huge = wsfake.respondHTTP(
+            b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: " + b"a" * MAX_RESPONSE_HEADER
+        )
+        error = self.failureResultOf(self.connect(huge), TunnelClosedError).value
+        self.assertIn("HTTP response header too large", str(error))
+
+        def inPieces(server: wsfake.ScriptedServer, request: bytes) -> None:
+            real = server.transport
+            chunks: list[bytes] = []
+            server.transport = type("Chunks", (), {"write": chunks.append})()
+            server.accept()
+            server.transport = real
+            head = b"".join(chunks)
+            for i in range(0, len(head), 7):
+                real.write(head[i : i + 7])
+                self.network.flush()
+
+        def onFrame(server: wsfake.ScriptedServer, opcode: int, payload: bytes) -> None:
+            if opcode == 0x1:
+                server.transport.write(wsfake.text(b'{"status": "connected"}'))
+
+        pieces = wsfake.ScriptedServerFactory(inPieces, onFrame)
+        self.successResultOf(self.connect(pieces))
 
     def test_refusalWithoutLength(self) -> None:
         """
