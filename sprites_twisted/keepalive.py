@@ -11,9 +11,9 @@ pong has come for C{misses} intervals (15 s and 45 s by default).
 Autobahn's own auto-ping runs on the global reactor, not the one we are
 given, so it stays off.
 
-One L{Keepalive} serves every tunnel of an endpoint with a single timer
-of the reactor: thousands of idle tunnels cost one C{DelayedCall}, not one
-each.
+One L{Keepalive} serves every tunnel of a client (its endpoints share it)
+with a single timer of the reactor: thousands of idle tunnels cost one
+C{DelayedCall}, not one each.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from sprites_twisted.config import DEFAULT_KEEPALIVE_INTERVAL
 
@@ -61,10 +62,13 @@ class Keepalive:
     A member is either I{idle} (never started, stopped, or dead) or
     I{running} (L{running}).  One reactor timer serves all members: it is
     pending exactly while a member is running.  An interval of 0 turns
-    pings off (L{start} does nothing).
+    pings off (L{start} does nothing).  A member whose C{sendPing} or
+    C{keepaliveDead} raises is logged and does not disturb the others.
     """
 
-    __slots__ = ("_clock", "interval", "_misses", "_due", "_lastPong", "_call")
+    __slots__ = ("_clock", "_interval", "_misses", "_due", "_lastPong", "_call")
+
+    log = Logger()
 
     def __init__(
         self,
@@ -73,7 +77,7 @@ class Keepalive:
         misses: int = KEEPALIVE_MISSES,
     ) -> None:
         self._clock = clock
-        self.interval = interval
+        self._interval = interval
         self._misses = misses
         # Running members, in the order of their next ping (every member's
         # next ping is at most one interval away, and a member pinged goes
@@ -82,7 +86,16 @@ class Keepalive:
         self._lastPong: dict[Pinged, float] = {}
         self._call: IDelayedCall | None = None
 
-    def __len__(self) -> int:
+    @property
+    def interval(self) -> float:
+        """
+        Seconds between pings (0: none).  Fixed: the members' schedule
+        depends on it.
+        """
+        return self._interval
+
+    @property
+    def count(self) -> int:
         """
         The number of running members.
         """
@@ -99,11 +112,11 @@ class Keepalive:
         Start pinging C{member} (no-op when the interval is 0 or it is
         already running).
         """
-        if self.interval <= 0 or member in self._due:
+        if self._interval <= 0 or member in self._due:
             return
         now = self._clock.seconds()
         self._lastPong[member] = now
-        self._due[member] = now + self.interval
+        self._due[member] = now + self._interval
         self._schedule(now)
 
     def pong(self, member: Pinged) -> None:
@@ -144,19 +157,22 @@ class Keepalive:
     def _tick(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        limit = self._misses * self.interval - _EPSILON
-        nextPing = now + self.interval
+        limit = self._misses * self._interval - _EPSILON
+        nextPing = now + self._interval
         due, lastPong = self._due, self._lastPong
         while due:
             member, when = next(iter(due.items()))
             if when > now + _EPSILON:
                 break
             silent = now - lastPong[member]
-            if silent >= limit:
-                del due[member], lastPong[member]
-                member.keepaliveDead(f"no answer to pings for {silent:g} s")
-                continue
-            due.move_to_end(member)
-            due[member] = nextPing
-            member.sendPing()
+            try:
+                if silent >= limit:
+                    del due[member], lastPong[member]
+                    member.keepaliveDead(f"no answer to pings for {silent:g} s")
+                else:
+                    due.move_to_end(member)
+                    due[member] = nextPing
+                    member.sendPing()
+            except Exception:
+                self.log.failure("keepalive of {member!r} failed", member=member)
         self._schedule(now)

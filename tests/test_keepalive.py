@@ -7,6 +7,8 @@ after three silent intervals, one timer for every member.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from sprites_twisted.keepalive import DEFAULT_KEEPALIVE_INTERVAL, Keepalive
@@ -48,6 +50,14 @@ class KeepaliveTests(SynchronousTestCase):
         """
         self.assertEqual(DEFAULT_KEEPALIVE_INTERVAL, 15.0)
         self.assertEqual(Keepalive(self.clock).interval, 15.0)
+
+    def test_intervalFixed(self) -> None:
+        """
+        The interval cannot change under running members (their order
+        depends on it).
+        """
+        with self.assertRaises(AttributeError):
+            self.keepalive.interval = 1.0  # type: ignore[misc]
 
     def test_pingsEveryInterval(self) -> None:
         """
@@ -107,7 +117,7 @@ class KeepaliveTests(SynchronousTestCase):
         self.keepalive.stop(Member())
         self.keepalive.pong(self.member)
         self.assertFalse(self.keepalive.running(self.member))
-        self.assertEqual(len(self.keepalive), 0)
+        self.assertEqual(self.keepalive.count, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_startTwice(self) -> None:
@@ -224,7 +234,39 @@ class SharedTimerTests(SynchronousTestCase):
         self.clock.advance(45)
         self.assertEqual(first.dead, ["no answer to pings for 45 s"])
         self.assertEqual(second.dead, [])
-        self.assertEqual(len(self.keepalive), 0)
+        self.assertEqual(self.keepalive.count, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failingMemberAlone(self) -> None:
+        """
+        A member whose ping or death callback raises is logged; the others
+        are still pinged and declared dead on time, and the timer goes on.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        broken, fine = Member(), Member()
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        broken.onPing = boom
+        broken.onDead = boom
+        self.keepalive.start(broken)
+        self.keepalive.start(fine)
+        self.clock.advance(15)
+        self.assertEqual((broken.pings, fine.pings), (1, 1))
+        self.keepalive.pong(fine)
+        self.clock.advance(15)
+        self.clock.advance(15)
+        self.assertEqual(broken.dead, ["no answer to pings for 45 s"])
+        self.assertEqual(fine.pings, 3)
+        self.assertEqual(fine.dead, [])
+        self.clock.advance(15)
+        self.assertEqual(fine.dead, ["no answer to pings for 45 s"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+        self.assertEqual(
+            [e["log_format"] for e in events if "log_failure" in e],
+            ["keepalive of {member!r} failed"] * 3,
+        )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_lateTimer(self) -> None:
