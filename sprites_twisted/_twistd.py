@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
-from twisted.python.systemd import ListenFDs
 
 from sprites_twisted.config import TOKEN_VARIABLES, checkToken, readTokenFile
 from sprites_twisted.errors import ConfigurationError
@@ -43,6 +42,22 @@ class _ParseOnly:
         raise RuntimeError(f"endpoint string parsed for checking only, no reactor ({name})")
 
 
+def _systemdSockets() -> int:
+    """
+    How many sockets systemd passed this process, as Twisted's ``systemd:``
+    endpoints see them (Twisted reads, and then removes, the environment
+    variables once, when its endpoints module is imported).
+    """
+    count = 0
+    while count < 1024:
+        try:
+            serverFromString(_ParseOnly(), f"systemd:domain=INET:index={count}")
+        except Exception:  # noqa: BLE001 - no socket at that index
+            break
+        count += 1
+    return count
+
+
 def checkServerEndpoint(option: str, description: str) -> str:
     """
     Check a Twisted server endpoint string before anything runs.
@@ -60,13 +75,12 @@ def checkServerEndpoint(option: str, description: str) -> str:
         serverFromString(_ParseOnly(), description)
     except Exception as e:  # noqa: BLE001 - any parse error is a usage error
         problem = str(e)
-        if description.split(":", 1)[0].lower() == "systemd":
+        systemd = description.split(":", 1)[0].lower() == "systemd"
+        if systemd and isinstance(e, (IndexError, KeyError)):
             # Twisted says only "list index out of range" (or a bare name).
-            if isinstance(e, (IndexError, KeyError)):
-                problem = "no such socket was passed to this process"
-            count = len(ListenFDs.fromEnvironment().inheritedDescriptors())
+            problem = "no such socket was passed to this process"
             hint = (
-                f"systemd's socket activation passed {count} socket(s) here "
+                f"systemd's socket activation passed {_systemdSockets()} socket(s) here "
                 "(it sets LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES)"
             )
         raise usage.UsageError(f"{option} {description!r}: {problem}; {hint}") from None

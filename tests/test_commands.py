@@ -228,6 +228,44 @@ class CommandsTests(TestCase):
         self.assertNotIn(b"Traceback", out + err)
         self.assertNotIn(b"OverflowError", out + err)
 
+    def activatedSocket(self) -> socket.socket:
+        """
+        What systemd hands over: a bound, listening socket on 127.0.0.1.
+        """
+        activated = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(activated.close)
+        activated.bind(("127.0.0.1", 0))
+        activated.listen(8)
+        return activated
+
+    def startActivated(
+        self, args: list[str], env: dict[str, str], activated: socket.socket
+    ) -> TwistdProcess:
+        """
+        Start ``twistd -n ARGS`` as systemd's socket activation does: the
+        socket as fd 3, C{LISTEN_FDS}, C{LISTEN_FDNAMES}, and C{LISTEN_PID}
+        set to the process that reads it (just before the exec).  It is
+        stopped at the end of the test.
+        """
+        child = TwistdProcess(args[0])
+        argv = TwistdProcess.commandLine(args)
+        launcher = (
+            "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.executable, sys.argv[1:])"
+        )
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        reactor.spawnProcess(
+            child,
+            argv[0],
+            [argv[0], "-c", launcher, *argv],
+            env=dict(env, LISTEN_FDS="1", LISTEN_FDNAMES="sprites-proxy.socket"),
+            path=cwd,
+            childFDs={0: "w", 1: "r", 2: "r", 3: activated.fileno()},
+        )
+        self.addCleanup(child.terminate)
+        return child
+
     async def test_systemdSocketActivation(self) -> None:
         """
         ``--listen systemd:domain=INET:index=0`` forwards connections on a
@@ -239,47 +277,13 @@ class CommandsTests(TestCase):
         apiPort = freePort()
         env, local = self.startLocal(apiPort)
         await local.whenOutput(f"APISite starting on {apiPort}")
-
-        # What systemd hands over: a bound, listening socket as fd 3.
-        activated = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.addCleanup(activated.close)
-        activated.bind(("127.0.0.1", 0))
-        activated.listen(8)
-        activatedPort = activated.getsockname()[1]
-
-        proxy = TwistdProcess("sprites-proxy")
-        argv = TwistdProcess.commandLine(
-            [
-                "sprites-proxy",
-                "-s",
-                "demo",
-                "--listen",
-                "systemd:domain=INET:index=0",
-                "--to",
-                str(echoPort),
-            ]
-        )
-        # LISTEN_PID must be the process that reads it: set it just before
-        # the exec, as systemd does.
-        launcher = (
-            "import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
-            "os.execv(sys.executable, sys.argv[1:])"
-        )
-        cwd = self.mktemp()
-        os.makedirs(cwd)
-        reactor.spawnProcess(
-            proxy,
-            argv[0],
-            [argv[0], "-c", launcher, *argv],
-            env=dict(env, LISTEN_FDS="1", LISTEN_FDNAMES="sprites-proxy.socket"),
-            path=cwd,
-            childFDs={0: "w", 1: "r", 2: "r", 3: activated.fileno()},
-        )
-        self.addCleanup(proxy.terminate)
+        activated = self.activatedSocket()
+        args = ["sprites-proxy", "-s", "demo", "--listen", "systemd:domain=INET:index=0"]
+        proxy = self.startActivated([*args, "--to", str(echoPort)], env, activated)
         await proxy.whenOutput(f"-> demo localhost:{echoPort}")
 
         client = await connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", activatedPort), Collector()
+            TCP4ClientEndpoint(reactor, "127.0.0.1", activated.getsockname()[1]), Collector()
         )
         assert client.transport is not None
         client.transport.write(b"activated")
@@ -288,4 +292,20 @@ class CommandsTests(TestCase):
         await client.closed.addTimeout(5, reactor)
         self.assertEqual(await proxy.terminate(), -15, proxy.output.decode())
         self.assertIn(f"to demo localhost:{echoPort} ended", proxy.output.decode())
+        self.assertNotIn(b"Traceback", proxy.output)
+
+    async def test_systemdWrongIndex(self) -> None:
+        """
+        An index past the sockets systemd passed is a usage error at
+        start-up that says how many there are.
+        """
+        env = childEnvironment(SPRITE_TOKEN=TOKEN)
+        args = ["sprites-proxy", "-s", "demo", "--listen", "systemd:domain=INET:index=1"]
+        proxy = self.startActivated([*args, "--to", "80"], env, self.activatedSocket())
+        self.assertEqual(await proxy.ended, 1, proxy.output.decode())
+        self.assertIn(
+            "--listen 'systemd:domain=INET:index=1': no such socket was passed to this "
+            "process; systemd's socket activation passed 1 socket(s) here",
+            " ".join(proxy.output.decode().split()),
+        )
         self.assertNotIn(b"Traceback", proxy.output)
