@@ -434,7 +434,9 @@ class ScriptedServerTests(SynchronousTestCase):
         self.assertIn("Sec-WebSocket-Accept bogus value", str(error))
 
         huge = wsfake.respondHTTP(
-            b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: " + b"a" * MAX_RESPONSE_HEADER
+            b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: "
+            + b"a" * MAX_RESPONSE_HEADER
+            + b"\r\n\r\n"
         )
         error = self.failureResultOf(self.connect(huge), TunnelClosedError).value
         self.assertIn("HTTP response header too large", str(error))
