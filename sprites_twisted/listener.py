@@ -85,6 +85,14 @@ class _TunnelSideFactory(Factory):
         return _TunnelSide(self.local)
 
 
+#: The end line of a connection, and the same after a linger that ran out.
+_ENDED = (
+    "connection from {peer} to {sprite} {target} ended: "
+    "{sent} bytes sent, {received} bytes received, {duration:.3f} s"
+)
+_ENDED_AFTER_LINGER = _ENDED + ", then closed after {linger:g} s without more of the reply"
+
+
 @implementer(IHalfCloseableProtocol)
 class LocalProxyProtocol(Pipe):
     """
@@ -269,7 +277,10 @@ class LocalProxyProtocol(Pipe):
         self.state = DONE
         if not self._failed:
             peer = self.peer
-            counts = {"sent": self.bytesIn, "received": peer.bytesIn if peer is not None else 0}
+            counts: dict[str, float] = {
+                "sent": self.bytesIn,
+                "received": peer.bytesIn if peer is not None else 0,
+            }
             if self._brokenBy is not None and not self._aborted:
                 self.log.warn(
                     "tunnel from {peer} to {sprite} {target} broke: {error} "
@@ -278,28 +289,17 @@ class LocalProxyProtocol(Pipe):
                     **counts,
                     **self._where(),
                 )
-            elif self._lingerExpired and self._lingerStarted is not None:
-                # A linger that ran out (no more of a reply after a
-                # half-close) is not part of the connection's duration; it
-                # is told in the same line, so that a connection costs one
-                # log event.
-                self.log.info(
-                    "connection from {peer} to {sprite} {target} ended: "
-                    "{sent} bytes sent, {received} bytes received, {duration:.3f} s, "
-                    "then closed after {linger:g} s without more of the reply",
-                    duration=self._lingerStarted - self._started,
-                    linger=self.factory.lingerTimeout,
-                    **counts,
-                    **self._where(),
-                )
             else:
-                self.log.info(
-                    "connection from {peer} to {sprite} {target} ended: "
-                    "{sent} bytes sent, {received} bytes received, {duration:.3f} s",
-                    duration=self.factory.clock.seconds() - self._started,
-                    **counts,
-                    **self._where(),
-                )
+                ended = _ENDED
+                end = self.factory.clock.seconds()
+                if self._lingerExpired and self._lingerStarted is not None:
+                    # A linger that ran out (no more of a reply after a
+                    # half-close) is not part of the connection's duration;
+                    # it is told in the same line, so that a connection
+                    # costs one log event.
+                    ended, end = _ENDED_AFTER_LINGER, self._lingerStarted
+                    counts["linger"] = self.factory.lingerTimeout
+                self.log.info(ended, duration=end - self._started, **counts, **self._where())
         self.factory.connectionEnded(self)
 
     def _where(self) -> dict[str, str]:
