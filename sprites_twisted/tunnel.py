@@ -190,7 +190,8 @@ class Tunnel:
         #: open (L{sprites_twisted.tls.ResumingClientTLS}); set by the endpoint.
         self.tlsSessions: Any = None
         self._failure: Failure | None = None
-        self._keepalive = keepalive
+        # Interval 0: no pings, where no keepalive is given.
+        self._keepalive = keepalive if keepalive is not None else Keepalive(clock, 0.0)
 
     def claim(
         self,
@@ -289,8 +290,7 @@ class Tunnel:
             self.fail(TunnelClosedError(code, reason or "closed before the handshake reply"))
 
     def pong(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.pong(self)
+        self._keepalive.pong(self)
 
     def tlsFailed(self, reason: Failure) -> None:
         """
@@ -316,8 +316,7 @@ class Tunnel:
         The WebSocket is gone.
         """
         state, self.state = self.state, CLOSED
-        if self._keepalive is not None:
-            self._keepalive.stop(self)
+        self._keepalive.stop(self)
         if self.early is not None:
             self.early.detach()
         if state == RELAYING:
@@ -409,8 +408,7 @@ class Tunnel:
         # From here on binary payload goes straight to the protocol.
         channel.binaryData = app.dataReceived  # type: ignore[method-assign]
         stream.attach(app)
-        if self._keepalive is not None:
-            self._keepalive.start(self)
+        self._keepalive.start(self)
         self.deferred.callback(app)
 
     def _report(self, failure: Failure) -> None:
