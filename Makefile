@@ -18,7 +18,7 @@ SOURCES := setup.py $(wildcard sprites_twisted/*.py) $(wildcard twisted/plugins/
 # the list cannot be made.
 TRIAL = names="$$($(1) -m tests.suites $(2))" && $(1) -m twisted.trial --reporter=text $$names
 
-.PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps check clean plugins venv
+.PHONY: all test e2e test-newest lock demo lint format typecheck docs bench bench-deps bench-interleave check clean plugins venv
 
 all: test
 
@@ -87,6 +87,12 @@ docs: $(VENV)/.installed-docs
 # BENCH_RTT_MS=20 (or BENCH_ARGS="--only wan --repeat 3"); see bench/run.py.
 bench: $(VENV)/.installed-bench bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Connection set-up of this tree against git revision (or source tree) BASE,
+# both running at once, their connections alternating: bench/interleave.py.
+bench-interleave: $(VENV)/.installed-bench
+	@test -n "$(BASE)" || { echo "usage: make bench-interleave BASE=<git revision or source tree>"; exit 2; }
+	$(PY) bench/interleave.py $(BASE) $(INTERLEAVE_ARGS)
 
 # The pgbench part needs PostgreSQL: installed from Debian's packages when
 # missing, if we are root with apt-get (not with BENCH_NO_APT=1, nor when

@@ -353,13 +353,18 @@ class Proc:
                 self.popen.wait(3)
 
 
-def start(role: str, *args: int | str) -> Proc:
-    """Start C{role} (see C{roles.py}) and wait for its C{READY} line."""
+def start(role: str, *args: int | str, code: str | None = None) -> Proc:
+    """
+    Start C{role} (see C{roles.py}) and wait for its C{READY} line; with
+    C{code}, running the C{sprites_twisted} of that source tree.
+    """
     here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, BENCH_CODE=code) if code else None
     popen = subprocess.Popen(
         [sys.executable, os.path.join(here, "roles.py"), role, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        env=env,
     )
     deadline = time.monotonic() + 30
     line = b""

@@ -755,7 +755,11 @@ bench/report.py --write A.json B.json` from runs that together measured
 every part (each part whole from one run); every run leaves
 `bench/results/run-*.json` naming the commit it measured, and
 `.venv/bin/python bench/compare.py bench/results/run-*.json` puts runs side
-by side.  The `wan` part's delay relay
+by side.  For connection set-up, where a change moves figures by less than
+the machine drifts between two runs, `make bench-interleave BASE=REV`
+(`bench/interleave.py`) runs this tree and revision REV side by side, their
+connections alternating, and prints this / REV ratios per round (server and
+client each swapped in alone, the bare upgrade, CPU per connection).  The `wan` part's delay relay
 (`bench/delay.py`, in user space since netem is absent here) sits between
 the tunnel client and the local sprite server (for direct TCP, between the
 load generator and the target) and emulates a link of that round trip with

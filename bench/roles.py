@@ -29,6 +29,10 @@ serves, and exits when its stdin closes (so it never outlives ``run.py``).
 - ``delay RTT_MICROSECONDS UPSTREAM_PORT``: the WAN mode's delay relay
   (``delay.py``), in front of the local sprite server or the target.
 
+With ``BENCH_CODE=DIR`` in the environment, a role runs the
+``sprites_twisted`` of the source tree DIR (another checkout, for
+``interleave.py``) instead of this one's.
+
 The Twisted roles log to ``bench/results/ROLE.log`` like ``twistd -l`` would.
 """
 
@@ -276,7 +280,7 @@ def dumpObjectCounts(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> None:
     import signal
 
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.environ.get("BENCH_CODE") or ROOT)
     signal.signal(signal.SIGUSR1, dumpObjectCounts)
     raiseFileLimit()
     exitWhenStdinCloses()
