@@ -202,16 +202,18 @@ class SpriteProxyEndpoint:
         if self._pool is not None:
             self._pool.close()
 
-    def _refill(self, outcome: Any) -> Any:
+    def _refill(self, outcome: Any, current: list[Tunnel]) -> Any:
         """
-        A connection's tunnel is settled: top the warm pool up, unless the
-        API itself failed (unreachable, refused the upgrade, timed out) or
-        the caller cancelled, where a spare would fail the same way.  Done
-        now rather than when the tunnel was claimed, so that the spare's
-        upgrade does not compete with this tunnel's set-up for the CPU.
+        A connection's tunnel is settled: top the warm pool up (after the
+        connection's first exchange, L{WarmPool.usedBy}; at once if the
+        target was refused), unless the API itself failed (unreachable,
+        refused the upgrade, timed out) or the caller cancelled, where a
+        spare would fail the same way.
         """
-        if not isinstance(outcome, Failure) or outcome.check(HandshakeError):
-            assert self._pool is not None
+        assert self._pool is not None
+        if not isinstance(outcome, Failure):
+            self._pool.usedBy(current[0], self.openTunnel)
+        elif outcome.check(HandshakeError):
             self._pool.used(self.openTunnel)
         return outcome
 
@@ -249,7 +251,7 @@ class SpriteProxyEndpoint:
         else:
             claim(self.openTunnel())
         if self._pool is not None:
-            result.addBoth(self._refill)
+            result.addBoth(self._refill, current)
         if self._timeout:
             timeout = self._timeout
 

@@ -411,6 +411,25 @@ class Tunnel:
         self._keepalive.start(self)
         self.deferred.callback(app)
 
+    def notifyFirstData(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} once, right after the first bytes from the sprite
+        reached the application protocol; never if the tunnel is not
+        relaying (any more).  Nothing is added to the path of later bytes:
+        the hook replaces itself.
+        """
+        channel = self.channel
+        if channel is None or self.state != RELAYING:
+            return
+        deliver = channel.binaryData
+
+        def first(data: bytes) -> None:
+            channel.binaryData = deliver  # type: ignore[method-assign]
+            deliver(data)
+            callback()
+
+        channel.binaryData = first  # type: ignore[method-assign]
+
     def _report(self, failure: Failure) -> None:
         if self.done or self.deferred is None:
             return

@@ -9,10 +9,14 @@ HTTP upgrade: two or more round trips) when one does.  The rules:
 
 - spares are made only after a connection used a tunnel (warm or cold), up
   to C{size} per sprite, so an idle forwarder holds no WebSocket and never
-  keeps a sprite awake; the endpoint does it once that connection's tunnel
-  answered (not while it is set up, where the spare's upgrade would compete
-  with it for the CPU), and not when the API failed it (unreachable, upgrade
-  refused, timed out: a spare would fail the same way);
+  keeps a sprite awake; not while that connection is being set up, nor
+  during its first exchange, where the spare's upgrade would compete with
+  it for the CPU (here, and at a local sprite server): once its tunnel
+  has delivered the first bytes from the sprite, or L{REFILL_WAIT} seconds
+  after it answered if none came sooner (L{WarmPool.usedBy}); a tunnel
+  whose target was refused is replaced at once, and none when the API
+  failed the connection (unreachable, upgrade refused, timed out: a spare
+  would fail the same way);
 - a spare unused for C{idleTimeout} seconds is closed with 1000;
 - a spare the server closed is dropped from the pool; one that dies after
   being claimed, before answering the init, is retried once on a fresh
@@ -30,7 +34,14 @@ from twisted.logger import Logger
 from sprites_twisted.config import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
 from sprites_twisted.tunnel import CLOSED, SPARE, Tunnel
 
-__all__ = ["DEFAULT_PREWARM", "DEFAULT_PREWARM_IDLE", "WarmPool"]
+__all__ = ["DEFAULT_PREWARM", "DEFAULT_PREWARM_IDLE", "REFILL_WAIT", "WarmPool"]
+
+#: Seconds after a used tunnel answered at which its replacement is opened
+#: if no bytes from the sprite came sooner (a client-speaks-first protocol
+#: whose client is still silent): long enough for a first exchange over
+#: loopback or a LAN, short against how long a spare takes to upgrade
+#: over the internet.
+REFILL_WAIT = 0.05
 
 
 class WarmPool:
@@ -57,6 +68,8 @@ class WarmPool:
         self._ready: list[Tunnel] = []
         self._upgrading: set[Tunnel] = set()
         self._expiry: dict[Tunnel, IDelayedCall] = {}
+        #: Refills waiting for a connection's first bytes (L{usedBy}).
+        self._pending: dict[object, IDelayedCall] = {}
 
     def __repr__(self) -> str:
         return f"<WarmPool {self.spriteName}: {len(self._ready)} ready, {len(self._upgrading)} upgrading>"
@@ -95,11 +108,36 @@ class WarmPool:
             tunnel.onSpareLost = self._spareLost
             self._upgrading.add(tunnel)
 
+    def usedBy(self, tunnel: Tunnel, openTunnel: Callable[[], Tunnel]) -> None:
+        """
+        A connection got C{tunnel}, which answered and is relaying: L{used},
+        once the tunnel delivered its first bytes from the sprite (the
+        connection's first exchange is then done), or L{REFILL_WAIT}
+        seconds from now, whichever comes first; not at all if the pool is
+        closed before.
+        """
+        key = object()
+
+        def refill() -> None:
+            call = self._pending.pop(key, None)
+            if call is None:  # done already, or the pool was closed
+                return
+            if call.active():
+                call.cancel()
+            self.used(openTunnel)
+
+        self._pending[key] = self._clock.callLater(REFILL_WAIT, refill)
+        tunnel.notifyFirstData(refill)
+
     def close(self) -> None:
         """
         Close every spare now (1000), and forget those still upgrading
-        (they close as soon as they are up).
+        (they close as soon as they are up) and the refills still waiting.
         """
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            if call.active():
+                call.cancel()
         spares = self._ready + list(self._upgrading)
         self._ready, self._upgrading = [], set()
         for tunnel in spares:

@@ -15,7 +15,7 @@ from sprites_twisted.client import SpritesClient
 from sprites_twisted.errors import ConfigurationError, HandshakeError, SpriteAuthError
 from sprites_twisted.testing import MemorySprite
 from sprites_twisted.tunnel import EarlyData
-from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
+from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE, REFILL_WAIT
 from tests.test_tunnel import Recorder
 
 
@@ -50,10 +50,19 @@ class WarmPoolTests(SynchronousTestCase):
         self.pool = self.client._pool("demo")
         assert self.pool is not None
 
-    def connect(self, early: EarlyData | None = None) -> Any:
+    def connect(self, early: EarlyData | None = None, settle: bool = True) -> Any:
+        """
+        Connect through the endpoint; with C{settle}, then let the refill
+        wait run out (the target sends nothing first, so only the clock
+        triggers the used tunnel's replacement).
+        """
         d = self.endpoint.connectEarly(Factory.forProtocol(Recorder), early)
         self.sprite.flush()
-        return self.successResultOf(d)
+        protocol = self.successResultOf(d)
+        if settle:
+            self.sprite.reactor.advance(REFILL_WAIT)
+            self.sprite.flush()
+        return protocol
 
     def test_defaults(self) -> None:
         """
@@ -93,17 +102,62 @@ class WarmPoolTests(SynchronousTestCase):
 
     def test_refillOnceSettled(self) -> None:
         """
-        The spare that replaces a used one is opened once the connection's
-        tunnel answered, not while it is being set up (where its upgrade
-        would compete with that tunnel's for the CPU).
+        The spare that replaces a used one is not opened while the
+        connection's tunnel is being set up, nor when it has just answered
+        (its first exchange would compete with the spare's upgrade for the
+        CPU), but right after the first bytes from the sprite reached the
+        connection's protocol.
         """
         self.connect()
         d = self.endpoint.connect(Factory.forProtocol(Recorder))
         api = self.sprite.apiEndpoint.connections
         self.assertEqual((self.pool.ready, len(self.pool._upgrading), len(api)), (0, 0, 2))
         self.sprite.flush()
-        self.successResultOf(d)
+        protocol = self.successResultOf(d)
+        self.assertEqual((self.pool.ready, len(self.pool._upgrading), len(api)), (0, 0, 2))
+        protocol.transport.write(b"ping")
+        self.sprite.flush()
+        self.assertEqual(protocol.received, b"ping")
         self.assertEqual((self.pool.ready, len(api)), (1, 3))
+        # Once: neither the wait running out nor more bytes add a spare.
+        protocol.transport.write(b"again")
+        self.sprite.reactor.advance(REFILL_WAIT)
+        self.sprite.flush()
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"pingagain", 1, 3))
+
+    def test_refillAfterWait(self) -> None:
+        """
+        If no bytes come from the sprite, the spare is opened
+        L{REFILL_WAIT} seconds after the tunnel answered, and not before;
+        bytes that come later add none.
+        """
+        protocol = self.connect(settle=False)
+        api = self.sprite.apiEndpoint.connections
+        self.sprite.reactor.advance(REFILL_WAIT * 0.99)
+        self.sprite.flush()
+        self.assertEqual((self.pool.ready, len(api)), (0, 1))
+        self.sprite.reactor.advance(REFILL_WAIT * 0.01)
+        self.sprite.flush()
+        self.assertEqual((self.pool.ready, len(api)), (1, 2))
+        protocol.transport.write(b"late")
+        self.sprite.flush()
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"late", 1, 2))
+
+    def test_noRefillAfterClose(self) -> None:
+        """
+        A refill still waiting when the spares are closed (a session
+        stopping) is dropped: no WebSocket is opened after, and no call
+        stays pending on the clock.
+        """
+        protocol = self.connect(settle=False)
+        api = self.sprite.apiEndpoint.connections
+        self.client.closeSpares()
+        protocol.transport.write(b"ping")
+        self.sprite.flush()
+        self.sprite.reactor.advance(REFILL_WAIT)
+        self.sprite.flush()
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"ping", 0, 1))
+        self.assertEqual(self.pool._pending, {})
 
     def test_noRefillWhenTheAPIFails(self) -> None:
         """
@@ -220,6 +274,8 @@ class WarmPoolTests(SynchronousTestCase):
         session = self.client.session("demo", PortMapping(0, 5432))
         self.successResultOf(session.listen())
         session.factory.endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        self.sprite.reactor.advance(REFILL_WAIT)
         self.sprite.flush()
         pool = self.client._pool("demo")
         assert pool is not None
