@@ -67,6 +67,10 @@ RELAYING = "relaying"
 CLOSED = "closed"
 
 
+def _nothing() -> None:
+    pass
+
+
 class EarlyData:
     """
     What a local client sent before its tunnel answered ``connected``
@@ -411,24 +415,33 @@ class Tunnel:
         self._keepalive.start(self)
         self.deferred.callback(app)
 
-    def notifyFirstData(self, callback: Callable[[], None]) -> None:
+    def notifyFirstData(self, callback: Callable[[], None]) -> Callable[[], None]:
         """
         Call C{callback} once, right after the first bytes from the sprite
         reached the application protocol; never if the tunnel is not
         relaying (any more).  Nothing is added to the path of later bytes:
         the hook replaces itself.
+
+        :return: a function that takes the hook out unused (a no-op once it
+            has fired), so that a connection that never gets bytes does
+            not hold it.
         """
         channel = self.channel
         if channel is None or self.state != RELAYING:
-            return
+            return _nothing
         deliver = channel.binaryData
 
+        def restore() -> None:
+            if channel.binaryData is first:
+                channel.binaryData = deliver  # type: ignore[method-assign]
+
         def first(data: bytes) -> None:
-            channel.binaryData = deliver  # type: ignore[method-assign]
+            restore()
             deliver(data)
             callback()
 
         channel.binaryData = first  # type: ignore[method-assign]
+        return restore
 
     def _report(self, failure: Failure) -> None:
         if self.done or self.deferred is None:

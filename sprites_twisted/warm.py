@@ -68,8 +68,9 @@ class WarmPool:
         self._ready: list[Tunnel] = []
         self._upgrading: set[Tunnel] = set()
         self._expiry: dict[Tunnel, IDelayedCall] = {}
-        #: Refills waiting for a connection's first bytes (L{usedBy}).
-        self._pending: dict[object, IDelayedCall] = {}
+        #: Refills waiting for a connection's first bytes (L{usedBy}): their
+        #: timer, and what takes their first-bytes hook out.
+        self._pending: dict[object, tuple[IDelayedCall, Callable[[], None]]] = {}
 
     def __repr__(self) -> str:
         return f"<WarmPool {self.spriteName}: {len(self._ready)} ready, {len(self._upgrading)} upgrading>"
@@ -119,15 +120,14 @@ class WarmPool:
         key = object()
 
         def refill() -> None:
-            call = self._pending.pop(key, None)
-            if call is None:  # done already, or the pool was closed
+            entry = self._pending.pop(key, None)
+            if entry is None:  # done already, or the pool was closed
                 return
-            if call.active():
-                call.cancel()
+            _drop(entry)
             self.used(openTunnel)
 
-        self._pending[key] = self._clock.callLater(REFILL_WAIT, refill)
-        tunnel.notifyFirstData(refill)
+        call = self._clock.callLater(REFILL_WAIT, refill)
+        self._pending[key] = (call, tunnel.notifyFirstData(refill))
 
     def close(self) -> None:
         """
@@ -135,9 +135,8 @@ class WarmPool:
         (they close as soon as they are up) and the refills still waiting.
         """
         pending, self._pending = self._pending, {}
-        for call in pending.values():
-            if call.active():
-                call.cancel()
+        for entry in pending.values():
+            _drop(entry)
         spares = self._ready + list(self._upgrading)
         self._ready, self._upgrading = [], set()
         for tunnel in spares:
@@ -181,6 +180,16 @@ class WarmPool:
         call = self._expiry.pop(tunnel, None)
         if call is not None and call.active():
             call.cancel()
+
+
+def _drop(entry: tuple[IDelayedCall, Callable[[], None]]) -> None:
+    """
+    Take a waiting refill's timer and first-bytes hook out.
+    """
+    call, unhook = entry
+    if call.active():
+        call.cancel()
+    unhook()
 
 
 def _closeAtOnce(tunnel: Tunnel) -> None:

@@ -119,11 +119,14 @@ class WarmPoolTests(SynchronousTestCase):
         self.sprite.flush()
         self.assertEqual(protocol.received, b"ping")
         self.assertEqual((self.pool.ready, len(api)), (1, 3))
-        # Once: neither the wait running out nor more bytes add a spare.
+        self.assertEqual(protocol.transport.channel.binaryData, protocol.dataReceived)
+        # Once: with the spare taken, neither more bytes nor the wait running
+        # out open another.
+        self.assertIsNotNone(self.pool.take())
         protocol.transport.write(b"again")
         self.sprite.reactor.advance(REFILL_WAIT)
         self.sprite.flush()
-        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"pingagain", 1, 3))
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"pingagain", 0, 3))
 
     def test_refillAfterWait(self) -> None:
         """
@@ -139,9 +142,13 @@ class WarmPoolTests(SynchronousTestCase):
         self.sprite.reactor.advance(REFILL_WAIT * 0.01)
         self.sprite.flush()
         self.assertEqual((self.pool.ready, len(api)), (1, 2))
+        # The first-bytes hook is gone with the wait, and later bytes open
+        # no other spare (the one opened is taken first).
+        self.assertEqual(protocol.transport.channel.binaryData, protocol.dataReceived)
+        self.assertIsNotNone(self.pool.take())
         protocol.transport.write(b"late")
         self.sprite.flush()
-        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"late", 1, 2))
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"late", 0, 2))
 
     def test_noRefillAfterClose(self) -> None:
         """
@@ -152,12 +159,15 @@ class WarmPoolTests(SynchronousTestCase):
         protocol = self.connect(settle=False)
         api = self.sprite.apiEndpoint.connections
         self.client.closeSpares()
+        self.assertEqual(
+            [c for c in self.sprite.reactor.getDelayedCalls() if c.func.__name__ == "refill"], []
+        )
+        self.assertEqual(protocol.transport.channel.binaryData, protocol.dataReceived)
         protocol.transport.write(b"ping")
         self.sprite.flush()
         self.sprite.reactor.advance(REFILL_WAIT)
         self.sprite.flush()
         self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"ping", 0, 1))
-        self.assertEqual(self.pool._pending, {})
 
     def test_noRefillWhenTheAPIFails(self) -> None:
         """
