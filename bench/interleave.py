@@ -71,6 +71,11 @@ def sourceTree(rev: str) -> Iterator[str]:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True)
 
 
+#: One random source for the whole run, so that every round (and every
+#: call) gets orders of its own.
+_orders = random.Random()
+
+
 def alternate(
     count: int, names: list[str], measure: Callable[[str], float]
 ) -> dict[str, list[float]]:
@@ -78,11 +83,12 @@ def alternate(
     C{count} times over C{names}, each time in a new random order: a fixed
     or merely reversed order would always measure the same names right
     after another's connection closed (in the middle, with three or more),
-    which costs them more than the rest.
+    which costs them more than the rest; and orders that differ from round
+    to round let an order effect show in the spread of the rounds.
     """
     out: dict[str, list[float]] = {n: [] for n in names}
     order = list(names)
-    shuffle = random.Random(0).shuffle
+    shuffle = _orders.shuffle
     for _ in range(count):
         shuffle(order)
         for name in order:
@@ -146,13 +152,19 @@ def oneRound(
 
 def run(base: str, rounds: int, count: int) -> None:
     code = {"this": ROOT, "base": base}
-    target = L.start("target")
-    servers = {side: L.start("server", code=code[side]) for side in code}
-    clients = {
-        name: L.start("client", servers[s].port, target.port, code=code[c])
-        for name, (s, c) in PAIRS.items()
-    }
+    started: list[L.Proc] = []
+
+    def start(role: str, *args: int | str, side: str | None = None) -> L.Proc:
+        started.append(L.start(role, *args, code=code[side] if side else None))
+        return started[-1]
+
     try:
+        target = start("target")
+        servers = {side: start("server", side=side) for side in code}
+        clients = {
+            name: start("client", servers[s].port, target.port, side=c)
+            for name, (s, c) in PAIRS.items()
+        }
         for client in clients.values():
             for _ in range(20):
                 L.firstByte(client.port)
@@ -172,7 +184,7 @@ def run(base: str, rounds: int, count: int) -> None:
                 f"  {name:26} {statistics.median(values):.3f} ({min(values):.2f}..{max(values):.2f})"
             )
     finally:
-        for p in [*clients.values(), *servers.values(), target]:
+        for p in reversed(started):
             p.stop()
 
 
