@@ -111,11 +111,11 @@ class WarmPool:
 
     def usedBy(self, tunnel: Tunnel, openTunnel: Callable[[], Tunnel]) -> None:
         """
-        A connection got C{tunnel}, which answered and is relaying: L{used},
-        once the tunnel delivered its first bytes from the sprite (the
-        connection's first exchange is then done), or L{REFILL_WAIT}
-        seconds from now, whichever comes first; not at all if the pool is
-        closed before.
+        A connection got C{tunnel}, which answered: L{used}, once the
+        tunnel delivered its first bytes from the sprite (a reply, or a
+        server's greeting), or L{REFILL_WAIT} seconds from now, whichever
+        comes first (only the latter if the tunnel is no longer relaying);
+        not at all if the pool is closed before.
         """
         key = object()
 
