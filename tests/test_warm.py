@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -249,6 +250,60 @@ class WarmPoolTests(SynchronousTestCase):
         self.assertEqual(Target.instances[-1].received, b"GET / early")
         self.assertEqual(proto.received, b"GET / early")
         self.assertIsNot(proto.transport.channel, spare.channel)
+
+    def test_retriedTunnelRefillsOnFirstBytes(self) -> None:
+        """
+        After a dead spare was retried, the replacement spare waits for
+        the first bytes from the sprite on the fresh tunnel, the one the
+        connection got.
+        """
+        self.connect()
+        spare = self.pool._ready[0]
+        (pump,) = [p for p in self.sprite.network.pumps if p.client is spare.channel]
+        pump.serverIO.abortConnection()
+        d = self.endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        proto = self.successResultOf(d)
+        fresh = proto.transport.channel
+        self.assertIsNot(fresh, spare.channel)
+        self.assertEqual((self.pool.ready, len(self.pool._upgrading)), (0, 0))
+        self.assertNotEqual(fresh.binaryData, proto.dataReceived)  # hooked
+        proto.transport.write(b"ping")
+        self.sprite.flush()
+        self.assertEqual(proto.received, b"ping")
+        self.assertEqual(self.pool.ready, 1)
+        self.assertEqual(fresh.binaryData, proto.dataReceived)
+
+    def test_closedInConnectionMadeRefillsAfterWait(self) -> None:
+        """
+        An application that closes in C{connectionMade} gets a clean end
+        (C{ConnectionDone}) and leaves one spare behind, opened when the
+        refill wait runs out, since no bytes will come.
+        """
+
+        class Quitter(Recorder):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason: Any) -> None:
+                self.lostReason = reason
+
+        self.connect()
+        self.assertIsNotNone(self.pool.take())
+        api = self.sprite.apiEndpoint.connections
+        opened = len(api)
+        d = self.endpoint.connect(Factory.forProtocol(Quitter))
+        self.sprite.flush()
+        proto = self.successResultOf(d)
+        self.assertIsInstance(proto.lostReason.value, ConnectionDone)
+        self.assertEqual((self.pool.ready, len(api)), (0, opened + 1))
+        self.sprite.reactor.advance(REFILL_WAIT)
+        self.sprite.flush()
+        self.assertEqual((self.pool.ready, len(api)), (1, opened + 2))
+        self.assertEqual(
+            [c for c in self.sprite.reactor.getDelayedCalls() if c.func.__name__ == "refill"], []
+        )
 
     def test_refusalIsNotRetried(self) -> None:
         """
