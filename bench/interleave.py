@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,15 +61,21 @@ def sourceTree(rev: str) -> Iterator[str]:
     if os.path.isdir(os.path.join(rev, "sprites_twisted")):
         yield os.path.abspath(rev)
         return
-    with tempfile.TemporaryDirectory(prefix="interleave-") as tmp:
-        tree = os.path.join(tmp, "base")
-        subprocess.run(
-            ["git", "-C", ROOT, "worktree", "add", "--quiet", "--detach", tree, rev], check=True
-        )
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="interleave-") as tmp:
+            tree = os.path.join(tmp, "base")
+            subprocess.run(
+                ["git", "-C", ROOT, "worktree", "add", "--quiet", "--detach", tree, rev],
+                check=True,
+            )
+            try:
+                yield tree
+            finally:
+                # Not check=True: a failure here would hide the run's own.
+                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree])
+    finally:
+        # The directory is gone whatever ``remove`` did: git forgets it.
+        subprocess.run(["git", "-C", ROOT, "worktree", "prune"])
 
 
 #: One random source for the whole run, so that every round (and every
@@ -194,6 +201,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=300, help="per pair and round")
     args = parser.parse_args()
+    # A SIGTERM (a timeout, a killed make) ends the run through the
+    # cleanup below, not around it: processes stopped, worktree removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with sourceTree(args.base) as base:
         print(f"this: {ROOT}\nbase: {args.base} ({base})")
         run(base, args.rounds, args.connections)

@@ -70,6 +70,17 @@ def exitWhenStdinCloses() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def serve(reactor: object) -> None:
+    """
+    Run the reactor, then leave at once: a normal interpreter shutdown
+    (after a SIGTERM or SIGINT stopped the reactor) would wait on the stdin
+    watcher's lock and end in a fatal error.
+    """
+    reactor.run()  # type: ignore[attr-defined]
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def ready(port: int, info: str = "-") -> None:
     sys.stdout.write(f"READY {port} {info}\n")
     sys.stdout.flush()
@@ -202,7 +213,7 @@ def runServer(pemPath: str = "", resumable: int = 0) -> None:
     else:
         port = reactor.listenTCP(0, server.factory(), backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port, maskerInUse())
-    reactor.run()
+    serve(reactor)
 
 
 def runClient(
@@ -237,7 +248,7 @@ def runClient(
     reactor.callWhenRunning(
         lambda: client.proxyPort("bench", 0, targetPort).addCallbacks(listening, failed)
     )
-    reactor.run()
+    serve(reactor)
 
 
 def runPortforward(targetPort: int) -> None:
@@ -249,7 +260,7 @@ def runPortforward(targetPort: int) -> None:
     factory.noisy = False
     port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port)
-    reactor.run()
+    serve(reactor)
 
 
 def runDelay(rttMicroseconds: int, upstreamPort: int) -> None:
@@ -263,7 +274,7 @@ def runDelay(rttMicroseconds: int, upstreamPort: int) -> None:
     factory = DelayFactory(reactor, rttMicroseconds / 1e6, upstreamPort)
     port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     ready(port.getHost().port)
-    reactor.run()
+    serve(reactor)
 
 
 def dumpObjectCounts(signum: int, frame: object) -> None:
