@@ -19,7 +19,11 @@ this tree's ``roles.py`` with the ``sprites_twisted`` of its side
 - against each server alone, the load generator speaking WebSocket itself:
   the upgrade (connect until the ``101``), then on that WebSocket the init
   and first echoed byte (a warm tunnel without a client);
-- the CPU each server and client process spent per connection (schedstat).
+- the CPU each server and client process spent per connection (schedstat);
+- with ``--warm-gap MS``, warm set-up: a client of each side with one warm
+  tunnel (``prewarm=1``; both sides need it), both against a server of this
+  tree's of their own, connections MS milliseconds apart (time to open the
+  next spare).
 
 Each round prints its medians and the this / base ratios; the summary is
 the median of each ratio over the rounds.  A ratio the rounds agree on is
@@ -133,8 +137,20 @@ RATIOS = {
 }
 
 
+def spaced(port: int, gap: float) -> float:
+    """L{L.firstByte}, then C{gap} seconds of quiet."""
+    took = L.firstByte(port)
+    time.sleep(gap)
+    return took
+
+
 def oneRound(
-    count: int, target: L.Proc, servers: dict[str, L.Proc], clients: dict[str, L.Proc]
+    count: int,
+    target: L.Proc,
+    servers: dict[str, L.Proc],
+    clients: dict[str, L.Proc],
+    warmClients: dict[str, L.Proc],
+    gap: float,
 ) -> dict[str, float]:
     """The figures of one round (ms, or CPU microseconds per connection)."""
     procs = [*servers.values(), *clients.values()]
@@ -154,10 +170,14 @@ def oneRound(
     for side in servers:
         figures[f"server CPU us/connection, {side}"] = cpu[id(servers[side])]
         figures[f"client CPU us/connection, {side}"] = cpu[id(clients[side])]
+    if warmClients:
+        warmSetup = alternate(count, list(warmClients), lambda s: spaced(warmClients[s].port, gap))
+        for side in warmClients:
+            figures[f"warm set-up, {side} client"] = ms(warmSetup[side])
     return figures
 
 
-def run(base: str, rounds: int, count: int) -> None:
+def run(base: str, rounds: int, count: int, warmGap: float | None = None) -> None:
     code = {"this": ROOT, "base": base}
     started: list[L.Proc] = []
 
@@ -172,16 +192,26 @@ def run(base: str, rounds: int, count: int) -> None:
             name: start("client", servers[s].port, target.port, side=c)
             for name, (s, c) in PAIRS.items()
         }
-        for client in clients.values():
+        warmClients: dict[str, L.Proc] = {}
+        ratioNames = dict(RATIOS)
+        if warmGap is not None:
+            # A server of their own: their spares (opened, expiring) would
+            # count in the CPU of a server measured above.
+            warmServer = start("server")
+            warmClients = {
+                side: start("client", warmServer.port, target.port, 1, side=side) for side in code
+            }
+            ratioNames["warm set-up"] = ("warm set-up, this client", "warm set-up, base client")
+        for client in [*clients.values(), *warmClients.values()]:
             for _ in range(20):
-                L.firstByte(client.port)
-        ratios: dict[str, list[float]] = {name: [] for name in RATIOS}
+                spaced(client.port, warmGap or 0)
+        ratios: dict[str, list[float]] = {name: [] for name in ratioNames}
         for r in range(rounds):
-            figures = oneRound(count, target, servers, clients)
+            figures = oneRound(count, target, servers, clients, warmClients, warmGap or 0)
             print(f"round {r + 1}/{rounds}:")
             for name, value in figures.items():
                 print(f"  {name:36} {value:9.3f}")
-            for name, (new, old) in RATIOS.items():
+            for name, (new, old) in ratioNames.items():
                 ratios[name].append(figures[new] / figures[old])
             print("  this / base: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in ratios.items()))
             sys.stdout.flush()
@@ -200,13 +230,20 @@ def main() -> None:
     parser.add_argument("base", help="a git revision or a source tree to compare with")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=300, help="per pair and round")
+    parser.add_argument(
+        "--warm-gap",
+        type=float,
+        metavar="MS",
+        help="also measure warm set-up, connections MS milliseconds apart",
+    )
     args = parser.parse_args()
     # A SIGTERM (a timeout, a killed make) ends the run through the
     # cleanup below, not around it: processes stopped, worktree removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with sourceTree(args.base) as base:
         print(f"this: {ROOT}\nbase: {args.base} ({base})")
-        run(base, args.rounds, args.connections)
+        warmGap = None if args.warm_gap is None else args.warm_gap / 1e3
+        run(base, args.rounds, args.connections, warmGap)
 
 
 if __name__ == "__main__":
