@@ -11,8 +11,9 @@ HTTP upgrade: two or more round trips) when one does.  The rules:
   to C{size} per sprite, so an idle forwarder holds no WebSocket and never
   keeps a sprite awake; not while that connection is being set up, nor
   during its first exchange, where the spare's upgrade would compete with
-  it for the CPU (here, and at a local sprite server): once its tunnel
-  has delivered the first bytes from the sprite, or L{REFILL_WAIT} seconds
+  it for the CPU (here, and at a local sprite server): in the reactor turn
+  after its tunnel delivered the first bytes from the sprite (once they
+  are written on), or L{REFILL_WAIT} seconds
   after it answered if none came sooner (L{WarmPool.usedBy}); a tunnel
   whose target was refused is replaced at once, and none when the API
   failed the connection (unreachable, upgrade refused, timed out: a spare
@@ -111,11 +112,11 @@ class WarmPool:
 
     def usedBy(self, tunnel: Tunnel, openTunnel: Callable[[], Tunnel]) -> None:
         """
-        A connection got C{tunnel}, which answered: L{used}, once the
-        tunnel delivered its first bytes from the sprite (a reply, or a
-        server's greeting), or L{REFILL_WAIT} seconds from now, whichever
-        comes first (only the latter if the tunnel is no longer relaying);
-        not at all if the pool is closed before.
+        A connection got C{tunnel}, which answered: L{used}, in the reactor
+        turn after the tunnel delivered its first bytes from the sprite (a
+        reply, or a server's greeting), or L{REFILL_WAIT} seconds from now,
+        whichever comes first (only the latter if the tunnel is no longer
+        relaying); not at all if the pool is closed before.
         """
         key = object()
 
@@ -127,7 +128,14 @@ class WarmPool:
             self.used(openTunnel)
 
         call = self._clock.callLater(REFILL_WAIT, refill)
-        self._pending[key] = (call, tunnel.notifyFirstData(refill))
+
+        def firstData() -> None:
+            # In the reactor's next turn, not now: the bytes are still to be
+            # written on, and the spare's connect would go first.
+            if call.active():
+                call.reset(0)
+
+        self._pending[key] = (call, tunnel.notifyFirstData(firstData))
 
     def close(self) -> None:
         """

@@ -129,6 +129,23 @@ class WarmPoolTests(SynchronousTestCase):
         self.sprite.flush()
         self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"pingagain", 0, 3))
 
+    def test_refillInTheNextTurn(self) -> None:
+        """
+        The first bytes from the sprite do not open the spare while they
+        are being delivered (writing them on comes first), but in the
+        reactor's next turn.
+        """
+        self.connect()
+        d = self.endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.flush()
+        protocol = self.successResultOf(d)
+        api = self.sprite.apiEndpoint.connections
+        opened = len(api)
+        protocol.transport.channel.binaryData(b"hello")  # as the frame parser would
+        self.assertEqual((protocol.received, len(api)), (b"hello", opened))
+        self.sprite.reactor.advance(0)
+        self.assertEqual(len(api), opened + 1)
+
     def test_refillAfterWait(self) -> None:
         """
         If no bytes come from the sprite, the spare is opened
