@@ -154,6 +154,7 @@ class Tunnel:
         "retry",
         "tcpConnecting",
         "tlsSessions",
+        "initSent",
         "_failure",
         "_keepalive",
     )
@@ -193,6 +194,9 @@ class Tunnel:
         #: The TLS session cache to give this connection's session to, once
         #: open (L{sprites_twisted.tls.ResumingClientTLS}); set by the endpoint.
         self.tlsSessions: Any = None
+        #: When the init went out (the clock's seconds; 0 before): the time
+        #: to the reply is one round trip to the sprite and back.
+        self.initSent = 0.0
         self._failure: Failure | None = None
         # Interval 0: no pings, where no keepalive is given.
         self._keepalive = keepalive if keepalive is not None else Keepalive(clock, 0.0)
@@ -243,6 +247,7 @@ class Tunnel:
         channel = self.channel
         assert channel is not None
         self.state = AWAITING_REPLY
+        self.initSent = self.clock.seconds()
         channel.textLimit = MAX_REPLY_SIZE
         channel.sendMessage(self.initMessage, isBinary=False)
         if self.early is not None:

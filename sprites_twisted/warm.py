@@ -9,15 +9,17 @@ HTTP upgrade: two or more round trips) when one does.  The rules:
 
 - spares are made only after a connection used a tunnel (warm or cold), up
   to C{size} per sprite, so an idle forwarder holds no WebSocket and never
-  keeps a sprite awake; not while that connection is being set up, nor
-  during its first exchange, where the spare's upgrade would compete with
-  it for the CPU (here, and at a local sprite server): in the reactor turn
-  after its tunnel delivered the first bytes from the sprite (once they
-  are written on), or L{REFILL_WAIT} seconds
-  after it answered if none came sooner (L{WarmPool.usedBy}); a tunnel
-  whose target was refused is replaced at once, and none when the API
-  failed the connection (unreachable, upgrade refused, timed out: a spare
-  would fail the same way);
+  keeps a sprite awake; not while that connection is being set up.  Where
+  the API is near (its init answered within L{DISTANT_ROUND_TRIP}: a local
+  sprite server, a LAN), not during its first exchange either, where the
+  spare's upgrade would compete with it for the CPU: in the reactor turn
+  after its tunnel delivered the first bytes from the sprite (once they are
+  written on), or L{REFILL_WAIT} seconds after it answered if none came
+  sooner.  Where it is distant (the internet), as soon as it answered: the
+  upgrade then costs round trips, not CPU shared with that exchange
+  (L{WarmPool.usedBy}).  A tunnel whose target was refused is replaced at
+  once, and none when the API failed the connection (unreachable, upgrade
+  refused, timed out: a spare would fail the same way);
 - a spare unused for C{idleTimeout} seconds is closed with 1000;
 - a spare the server closed is dropped from the pool; one that dies after
   being claimed, before answering the init, is retried once on a fresh
@@ -35,7 +37,13 @@ from twisted.logger import Logger
 from sprites_twisted.config import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE
 from sprites_twisted.tunnel import CLOSED, SPARE, Tunnel
 
-__all__ = ["DEFAULT_PREWARM", "DEFAULT_PREWARM_IDLE", "REFILL_WAIT", "WarmPool"]
+__all__ = [
+    "DEFAULT_PREWARM",
+    "DEFAULT_PREWARM_IDLE",
+    "DISTANT_ROUND_TRIP",
+    "REFILL_WAIT",
+    "WarmPool",
+]
 
 #: Seconds after a used tunnel answered at which its replacement is opened
 #: if no bytes from the sprite came sooner (a client-speaks-first protocol
@@ -43,6 +51,12 @@ __all__ = ["DEFAULT_PREWARM", "DEFAULT_PREWARM_IDLE", "REFILL_WAIT", "WarmPool"]
 #: loopback or a LAN, short against how long a spare takes to upgrade
 #: over the internet.
 REFILL_WAIT = 0.05
+
+#: A used tunnel whose init took at least this many seconds to be answered
+#: has its replacement opened at once (L{WarmPool.usedBy}): that far away,
+#: the spare's upgrade costs round trips, which waiting for the first
+#: exchange would add to, more than CPU shared with that exchange.
+DISTANT_ROUND_TRIP = 0.005
 
 
 class WarmPool:
@@ -116,8 +130,14 @@ class WarmPool:
         turn after the tunnel delivered its first bytes from the sprite (a
         reply, or a server's greeting), or L{REFILL_WAIT} seconds from now,
         whichever comes first (only the latter if the tunnel is no longer
-        relaying); not at all if the pool is closed before.
+        relaying); not at all if the pool is closed before.  At once if its
+        init took L{DISTANT_ROUND_TRIP} or more to be answered (an API over
+        the internet): the spare is then ready a round trip sooner, and its
+        upgrade is served by a machine other than this one.
         """
+        if self._clock.seconds() - tunnel.initSent >= DISTANT_ROUND_TRIP:
+            self.used(openTunnel)
+            return
         key = object()
 
         def refill() -> None:

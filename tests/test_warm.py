@@ -16,7 +16,12 @@ from sprites_twisted.client import SpritesClient
 from sprites_twisted.errors import ConfigurationError, HandshakeError, SpriteAuthError
 from sprites_twisted.testing import MemorySprite
 from sprites_twisted.tunnel import EarlyData
-from sprites_twisted.warm import DEFAULT_PREWARM, DEFAULT_PREWARM_IDLE, REFILL_WAIT
+from sprites_twisted.warm import (
+    DEFAULT_PREWARM,
+    DEFAULT_PREWARM_IDLE,
+    DISTANT_ROUND_TRIP,
+    REFILL_WAIT,
+)
 from tests.test_tunnel import Recorder
 
 
@@ -145,6 +150,42 @@ class WarmPoolTests(SynchronousTestCase):
         self.assertEqual((protocol.received, len(api)), (b"hello", opened))
         self.sprite.reactor.advance(0)
         self.assertEqual(len(api), opened + 1)
+
+    def test_distantAPIRefillsAtOnce(self) -> None:
+        """
+        Where the init took L{DISTANT_ROUND_TRIP} or more to be answered,
+        the spare is opened as the tunnel answers, before any bytes came,
+        and nothing waits on the clock or on the connection's first bytes.
+        """
+        self.connect()
+        api = self.sprite.apiEndpoint.connections
+        opened = len(api)
+        d = self.endpoint.connect(Factory.forProtocol(Recorder))  # the spare's init goes out
+        self.sprite.reactor.advance(DISTANT_ROUND_TRIP * 1.1)  # before the reply comes
+        self.sprite.flush()
+        protocol = self.successResultOf(d)
+        self.assertEqual((protocol.received, self.pool.ready, len(api)), (b"", 1, opened + 1))
+        self.assertEqual(protocol.transport.channel.binaryData, protocol.dataReceived)
+        self.assertEqual(
+            [c for c in self.sprite.reactor.getDelayedCalls() if c.func.__name__ == "refill"], []
+        )
+
+    def test_nearAPIWaits(self) -> None:
+        """
+        Just under L{DISTANT_ROUND_TRIP}, the spare waits for the first
+        exchange.
+        """
+        self.connect()
+        api = self.sprite.apiEndpoint.connections
+        opened = len(api)
+        d = self.endpoint.connect(Factory.forProtocol(Recorder))
+        self.sprite.reactor.advance(DISTANT_ROUND_TRIP * 0.9)
+        self.sprite.flush()
+        protocol = self.successResultOf(d)
+        self.assertEqual((self.pool.ready, len(api)), (0, opened))
+        protocol.transport.write(b"ping")
+        self.sprite.flush()
+        self.assertEqual((self.pool.ready, len(api)), (1, opened + 1))
 
     def test_refillAfterWait(self) -> None:
         """
